@@ -1,0 +1,136 @@
+"""The request context every component may read.
+
+Authentication writes the principal (and with it the tenant); the request-id
+middleware writes the request id. The database layer, caches, rate limits,
+logs and spans read them through the functions here, which look at
+contextvars so code far from the ASGI scope (a SQLAlchemy event, a log
+filter) sees the same values. Scope-level copies live under
+``scope["freightscale"]`` (our own data) and ``scope["user"]`` /
+``scope["auth"]`` (what Starlette's ``request.user`` and ``requires()`` read).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.authentication import BaseUser
+
+from freightscale.types import Scope
+
+__all__ = [
+    "Principal",
+    "bind_principal",
+    "bind_request_id",
+    "get_principal",
+    "get_request_id",
+    "get_tenant_id",
+    "scope_state",
+]
+
+SCOPE_KEY = "freightscale"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal(BaseUser):
+    """Who is making the request, as verified by authentication.
+
+    Attributes:
+        user_id: the subject (``sub``) of the verified token.
+        tenant_id: the tenant the principal acts for, or None for a global principal.
+        roles: role names granted to the principal.
+        scopes: OAuth-style scopes; Starlette's ``requires()`` checks these.
+        claims: the full verified claim set.
+    """
+
+    user_id: str
+    tenant_id: str | None = None
+    roles: frozenset[str] = frozenset()
+    scopes: frozenset[str] = frozenset()
+    claims: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def is_authenticated(self) -> bool:
+        """Always true: an anonymous request has no principal at all."""
+        return True
+
+    @property
+    def display_name(self) -> str:
+        """The user id (Starlette's ``BaseUser`` interface)."""
+        return self.user_id
+
+    @property
+    def identity(self) -> str:
+        """The user id (Starlette's ``BaseUser`` interface)."""
+        return self.user_id
+
+
+_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "freightscale_principal", default=None
+)
+_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "freightscale_request_id", default=None
+)
+
+
+def scope_state(scope: Scope) -> dict[str, Any]:
+    """Return freightscale's per-request dict in ``scope``, creating it if absent."""
+    state: dict[str, Any] | None = scope.get(SCOPE_KEY)
+    if state is None:
+        state = {}
+        scope[SCOPE_KEY] = state
+    return state
+
+
+def get_principal(scope: Scope | None = None) -> Principal | None:
+    """Return the current principal (from ``scope`` when given, else the contextvar)."""
+    if scope is not None:
+        principal = scope_state(scope).get("principal")
+        if isinstance(principal, Principal):
+            return principal
+        return None
+    return _principal.get()
+
+
+def get_tenant_id(scope: Scope | None = None) -> str | None:
+    """Return the current tenant id, or None when anonymous or tenant-less."""
+    principal = get_principal(scope)
+    return principal.tenant_id if principal is not None else None
+
+
+def get_request_id() -> str | None:
+    """Return the current request id, or None outside a request."""
+    return _request_id.get()
+
+
+@contextmanager
+def bind_principal(principal: Principal | None, scope: Scope | None = None) -> Iterator[None]:
+    """Make ``principal`` current for the duration of the block.
+
+    Also records it in ``scope`` (freightscale's state and Starlette's
+    ``user`` key) when a scope is given.
+    """
+    if scope is not None:
+        scope_state(scope)["principal"] = principal
+        if principal is not None:
+            scope["user"] = principal
+    token = _principal.set(principal)
+    try:
+        yield
+    finally:
+        _principal.reset(token)
+
+
+@contextmanager
+def bind_request_id(request_id: str, scope: Scope | None = None) -> Iterator[None]:
+    """Make ``request_id`` current for the duration of the block."""
+    if scope is not None:
+        scope_state(scope)["request_id"] = request_id
+    token = _request_id.set(request_id)
+    try:
+        yield
+    finally:
+        _request_id.reset(token)

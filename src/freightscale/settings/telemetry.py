@@ -1,0 +1,25 @@
+"""Settings of request ids and OpenTelemetry."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from freightscale.settings._base import Section
+
+__all__ = ["TelemetrySettings"]
+
+
+class TelemetrySettings(Section):
+    """Request ids and tracing."""
+
+    enabled: bool = True
+    """Install the telemetry (request id + span) middleware in ``build_stack``."""
+
+    request_id_header: str = Field(default="X-Request-ID", min_length=1, max_length=64)
+    """Header that carries the request id in and out."""
+
+    trust_incoming_request_id: bool = True
+    """Reuse a well-formed incoming request id (otherwise always generate one)."""
+
+    max_request_id_length: int = Field(default=128, ge=8, le=1024)
+    """Longest incoming request id accepted; longer ones are replaced."""
