@@ -11,21 +11,20 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from tests.servers import RedisClusterServers, RedisServer
+
 REDIS_URL = os.environ.get("FREIGHTSCALE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 DATABASE_URL = os.environ.get(
     "FREIGHTSCALE_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
 
-_START_REDIS = (
-    "redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no"
-)
+_START_REDIS = "redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no"
 _START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 
 
@@ -39,14 +38,6 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: objec
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _service_missing(name: str, url: str, start: str, error: BaseException) -> None:
@@ -143,3 +134,19 @@ async def redis_client(redis_url: str) -> AsyncIterator[object]:
     client = aioredis.Redis.from_url(redis_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+def redis_server(redis_url: str) -> Iterator[RedisServer]:
+    """A private redis-server on a free port that the test may stop and restart."""
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(redis_url: str) -> Iterator[str]:
+    """URL (``redis+cluster://…``) of a 3-master Redis Cluster started for this session."""
+    cluster = RedisClusterServers().start()
+    yield cluster.url
+    cluster.cleanup()

@@ -44,7 +44,7 @@ def problem_response(
     *,
     title: str | None = None,
     detail: str | None = None,
-    type: str = "about:blank",  # noqa: A002 - RFC 9457 member name
+    type: str = "about:blank",
     instance: str | None = None,
     headers: Mapping[str, str] | None = None,
     extra: Mapping[str, Any] | None = None,
@@ -147,7 +147,5 @@ class ErrorMiddleware:
             if self.debug:
                 detail = repr(exc)
                 extra = {"traceback": traceback.format_exception(exc)}
-            response = problem_response(
-                500, detail=detail, instance=scope.get("path"), extra=extra
-            )
+            response = problem_response(500, detail=detail, instance=scope.get("path"), extra=extra)
             await response(scope, receive, send)

@@ -22,10 +22,23 @@ class FakeClock:
         self.now += seconds
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    """A fresh, empty store of each backend kind."""
+    """A fresh, empty store of each backend kind, under a namespace unique to the test."""
+    root: Store
     if request.param == "memory":
-        mem = MemoryStore(max_entries=1000)
-        yield mem.with_namespace("test")
-        await mem.aclose()
+        root = MemoryStore(max_entries=1000)
+        yield root.with_namespace("test")
+    elif request.param in ("redis", "redis-cluster"):
+        from freightscale.stores.redis import RedisStore
+
+        fixture = "redis_url" if request.param == "redis" else "redis_cluster_url"
+        url = request.getfixturevalue(fixture)
+        prefix = request.getfixturevalue("redis_prefix")
+        root = RedisStore.from_url(url, key_prefix=prefix)
+        view = root.with_namespace("test")
+        yield view
+        await view.delete_all()
+    else:  # pragma: no cover
+        raise AssertionError(request.param)
+    await root.aclose()

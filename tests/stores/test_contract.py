@@ -53,10 +53,12 @@ async def test_incr_counts_atomically(store: Store) -> None:
 async def test_incr_sets_expiry_only_on_create(store: Store) -> None:
     assert await store.incr("c", expires_in=100) == 1
     first = await store.expires_in("c")
-    assert first is not None and first <= 100
+    assert first is not None
+    assert first <= 100
     await store.incr("c", expires_in=1000)
     second = await store.expires_in("c")
-    assert second is not None and second <= 100
+    assert second is not None
+    assert second <= 100
 
 
 async def test_namespaces_are_isolated(store: Store) -> None:

@@ -139,9 +139,10 @@ def _describe(exc: ValidationError) -> str:
     for error in exc.errors(include_url=False):
         message = str(error["msg"]).removeprefix("Value error, ")
         shown = error.get("input")
-        if error["type"] not in ("value_error", "missing", "extra_forbidden"):
-            if not isinstance(shown, (dict, list)):
-                message += f" (got {shown!r})"
+        if error["type"] not in ("value_error", "missing", "extra_forbidden") and not isinstance(
+            shown, dict | list
+        ):
+            message += f" (got {shown!r})"
         lines.append(f"{env_name(*error['loc'])}: {message}")
     return "invalid freightscale settings:\n  " + "\n  ".join(lines)
 

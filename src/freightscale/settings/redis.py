@@ -42,8 +42,13 @@ class RedisSettings(Section):
     health_check_interval: float = Field(default=15.0, ge=0, le=3600)
     """Seconds after which an idle pooled connection is PINGed before reuse (0: never)."""
 
-    key_prefix: str = Field(default="fs", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    key_prefix: str = Field(
+        default="fs", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$"
+    )
     """Prefix of every key freightscale writes, so it can share a Redis with other apps."""
+
+    client_name: str = Field(default="freightscale", max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$")
+    """``CLIENT SETNAME`` of every connection, so operators can find them in ``CLIENT LIST``."""
 
     @field_validator("url")
     @classmethod

@@ -49,7 +49,8 @@ def store_from_url(url: str, **options: Any) -> Store:
     if kind == "postgres":
         from freightscale.stores.postgres import PostgresStore
 
-        return PostgresStore.from_url(url, **options)
+        store: Store = PostgresStore.from_url(url, **options)
+        return store
     raise ConfigurationError(
         f"store URL scheme {scheme or url[:30]!r} is not one of {', '.join(sorted(_SCHEMES))}"
     )

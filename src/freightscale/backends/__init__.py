@@ -1,0 +1,1 @@
+"""Clients for the real services freightscale talks to."""
