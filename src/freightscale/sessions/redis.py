@@ -1,0 +1,117 @@
+"""Redis session backend: one GET per load, one Lua compare-and-set per write.
+
+Keys are ``<key_prefix>:session:<id>``; each operation touches one key, so it
+works unchanged on Redis Cluster. Values are JSON records whose expiry is
+also the key's TTL (``SET … PX``), so Redis expires sessions by itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from importlib.resources import files
+from typing import Any, TypeVar
+
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
+
+from freightscale.backends.redis import RedisClient, ensure_ready, ping, translate_redis_error
+from freightscale.sessions.backends import (
+    CasResult,
+    SessionData,
+    SessionRecord,
+    decode_record,
+    encode_record,
+    import_concurrently,
+)
+
+__all__ = ["RedisSessionBackend"]
+
+T = TypeVar("T")
+
+_CAS_SCRIPT = files("freightscale.sessions").joinpath("lua/cas.lua").read_text()
+
+
+class RedisSessionBackend:
+    """Sessions in Redis (single node, Sentinel or Cluster).
+
+    Args:
+        client: a client from :func:`~freightscale.backends.redis.create_redis_client`.
+        key_prefix: prefix of every key (the Redis settings' ``key_prefix``).
+        owns_client: close the client in :meth:`aclose`.
+        clock: wall clock in Unix seconds.
+    """
+
+    def __init__(
+        self,
+        client: RedisClient,
+        *,
+        key_prefix: str = "fs",
+        owns_client: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self._prefix = f"{key_prefix}:session:"
+        self._owns_client = owns_client
+        self._clock = clock
+        self._ready = not isinstance(client, RedisCluster)
+        self._cas = client.register_script(_CAS_SCRIPT)
+
+    def __repr__(self) -> str:
+        return f"RedisSessionBackend(prefix={self._prefix!r})"
+
+    def key(self, session_id: str) -> str:
+        """Return the Redis key of ``session_id``."""
+        return self._prefix + session_id
+
+    async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        try:
+            if not self._ready:
+                # A Cluster client must finish discovery before concurrent use.
+                await ensure_ready(self.client)
+                self._ready = True
+            return await operation()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise translate_redis_error(exc) from exc
+
+    async def load(self, session_id: str) -> SessionRecord | None:
+        """One ``GET``."""
+        raw: bytes | str | None = await self._call(lambda: self.client.get(self.key(session_id)))
+        if raw is None:
+            return None
+        record = decode_record(raw)
+        return record if record.data is not None else None
+
+    async def compare_and_set(
+        self, session_id: str, data: SessionData | None, expires_at: float, *, version: int
+    ) -> CasResult:
+        """One ``EVALSHA`` of the CAS script."""
+        ttl_ms = int((expires_at - self._clock()) * 1000)
+        if ttl_ms <= 0:
+            # Already expired: deleting is the only faithful "write".
+            await self.delete(session_id)
+            return CasResult(True, None)
+        value = encode_record(data, version + 1, expires_at)
+        reply: Any = await self._call(
+            lambda: self._cas(keys=[self.key(session_id)], args=[version, value, ttl_ms])
+        )
+        if reply == 1:
+            return CasResult(True, SessionRecord(data, version + 1, expires_at))
+        return CasResult(False, decode_record(reply) if reply is not None else None)
+
+    async def delete(self, session_id: str) -> None:
+        """``UNLINK`` the key."""
+        await self._call(lambda: self.client.unlink(self.key(session_id)))
+
+    async def import_many(self, items: Sequence[tuple[str, SessionData, float]]) -> list[bool]:
+        """Create-if-absent each item, 64 writes in flight."""
+        return await import_concurrently(self, items)
+
+    async def check(self) -> None:
+        """PING Redis."""
+        await ping(self.client)
+
+    async def aclose(self) -> None:
+        """Close the client if this backend created it."""
+        if self._owns_client:
+            await self.client.aclose()
