@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+# A runtime import: FastAPI reads load_session's annotation to inject the request.
+from starlette.requests import HTTPConnection
 
 from freightscale.exceptions import FreightScaleError, StoreUnavailableError
-
-if TYPE_CHECKING:
-    from starlette.requests import HTTPConnection
 
 __all__ = [
     "Session",

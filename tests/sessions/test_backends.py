@@ -1,0 +1,94 @@
+"""One behaviour suite over every session backend (memory, Redis, Redis Cluster, PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from freightscale.sessions import SessionBackend
+
+
+async def test_absent_session_loads_as_none(backend: SessionBackend) -> None:
+    assert await backend.load("nope") is None
+
+
+async def test_create_then_load(backend: SessionBackend) -> None:
+    exp = time.time() + 60
+    result = await backend.compare_and_set("s1", {"user": 7, "tags": ["a"]}, exp, version=0)
+    assert result.ok and result.current is not None and result.current.version == 1
+    record = await backend.load("s1")
+    assert record is not None
+    assert record.data == {"user": 7, "tags": ["a"]}
+    assert record.version == 1
+    assert abs(record.expires_at - exp) < 0.01
+
+
+async def test_create_refuses_an_existing_id(backend: SessionBackend) -> None:
+    exp = time.time() + 60
+    assert (await backend.compare_and_set("s1", {"a": 1}, exp, version=0)).ok
+    second = await backend.compare_and_set("s1", {"a": 2}, exp, version=0)
+    assert not second.ok
+    assert second.current is not None and second.current.data == {"a": 1}
+    record = await backend.load("s1")
+    assert record is not None and record.data == {"a": 1}
+
+
+async def test_cas_conflict_returns_the_winner(backend: SessionBackend) -> None:
+    exp = time.time() + 60
+    await backend.compare_and_set("s1", {"n": 0}, exp, version=0)
+    assert (await backend.compare_and_set("s1", {"n": 1}, exp, version=1)).ok
+    stale = await backend.compare_and_set("s1", {"n": 99}, exp, version=1)
+    assert not stale.ok
+    assert stale.current is not None
+    assert stale.current.version == 2 and stale.current.data == {"n": 1}
+    record = await backend.load("s1")
+    assert record is not None and record.data == {"n": 1} and record.version == 2
+
+
+async def test_concurrent_cas_exactly_one_wins(backend: SessionBackend) -> None:
+    exp = time.time() + 60
+    await backend.compare_and_set("s1", {"n": 0}, exp, version=0)
+    results = await asyncio.gather(
+        *(backend.compare_and_set("s1", {"n": i}, exp, version=1) for i in range(10))
+    )
+    assert sum(r.ok for r in results) == 1
+
+
+async def test_update_of_deleted_session_fails(backend: SessionBackend) -> None:
+    exp = time.time() + 60
+    await backend.compare_and_set("s1", {"n": 0}, exp, version=0)
+    await backend.delete("s1")
+    result = await backend.compare_and_set("s1", {"n": 1}, exp, version=1)
+    assert not result.ok and result.current is None
+    assert await backend.load("s1") is None
+
+
+async def test_tombstone_loads_as_none_and_blocks_create(backend: SessionBackend) -> None:
+    exp = time.time() + 60
+    await backend.compare_and_set("legacy:x", {"n": 0}, exp, version=0)
+    assert (await backend.compare_and_set("legacy:x", None, exp, version=1)).ok
+    assert await backend.load("legacy:x") is None
+    assert not (await backend.compare_and_set("legacy:x", {"n": 0}, exp, version=0)).ok
+    assert await backend.import_many([("legacy:x", {"n": 5}, exp)]) == [False]
+
+
+async def test_expiry(backend: SessionBackend) -> None:
+    await backend.compare_and_set("short", {"n": 0}, time.time() + 0.3, version=0)
+    assert await backend.load("short") is not None
+    await asyncio.sleep(0.45)
+    assert await backend.load("short") is None
+    # An expired id is free again.
+    assert (await backend.compare_and_set("short", {"n": 1}, time.time() + 60, version=0)).ok
+
+
+async def test_import_many_is_idempotent(backend: SessionBackend) -> None:
+    exp = time.time() + 60
+    items = [(f"legacy:{i}", {"i": i}, exp) for i in range(10)]
+    assert await backend.import_many(items) == [True] * 10
+    assert await backend.import_many(items) == [False] * 10
+    record = await backend.load("legacy:3")
+    assert record is not None and record.data == {"i": 3} and record.version == 1
+
+
+async def test_check(backend: SessionBackend) -> None:
+    await backend.check()
