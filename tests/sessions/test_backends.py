@@ -15,7 +15,9 @@ async def test_absent_session_loads_as_none(backend: SessionBackend) -> None:
 async def test_create_then_load(backend: SessionBackend) -> None:
     exp = time.time() + 60
     result = await backend.compare_and_set("s1", {"user": 7, "tags": ["a"]}, exp, version=0)
-    assert result.ok and result.current is not None and result.current.version == 1
+    assert result.ok
+    assert result.current is not None
+    assert result.current.version == 1
     record = await backend.load("s1")
     assert record is not None
     assert record.data == {"user": 7, "tags": ["a"]}
@@ -28,9 +30,11 @@ async def test_create_refuses_an_existing_id(backend: SessionBackend) -> None:
     assert (await backend.compare_and_set("s1", {"a": 1}, exp, version=0)).ok
     second = await backend.compare_and_set("s1", {"a": 2}, exp, version=0)
     assert not second.ok
-    assert second.current is not None and second.current.data == {"a": 1}
+    assert second.current is not None
+    assert second.current.data == {"a": 1}
     record = await backend.load("s1")
-    assert record is not None and record.data == {"a": 1}
+    assert record is not None
+    assert record.data == {"a": 1}
 
 
 async def test_cas_conflict_returns_the_winner(backend: SessionBackend) -> None:
@@ -40,9 +44,12 @@ async def test_cas_conflict_returns_the_winner(backend: SessionBackend) -> None:
     stale = await backend.compare_and_set("s1", {"n": 99}, exp, version=1)
     assert not stale.ok
     assert stale.current is not None
-    assert stale.current.version == 2 and stale.current.data == {"n": 1}
+    assert stale.current.version == 2
+    assert stale.current.data == {"n": 1}
     record = await backend.load("s1")
-    assert record is not None and record.data == {"n": 1} and record.version == 2
+    assert record is not None
+    assert record.data == {"n": 1}
+    assert record.version == 2
 
 
 async def test_concurrent_cas_exactly_one_wins(backend: SessionBackend) -> None:
@@ -59,7 +66,8 @@ async def test_update_of_deleted_session_fails(backend: SessionBackend) -> None:
     await backend.compare_and_set("s1", {"n": 0}, exp, version=0)
     await backend.delete("s1")
     result = await backend.compare_and_set("s1", {"n": 1}, exp, version=1)
-    assert not result.ok and result.current is None
+    assert not result.ok
+    assert result.current is None
     assert await backend.load("s1") is None
 
 
@@ -87,7 +95,9 @@ async def test_import_many_is_idempotent(backend: SessionBackend) -> None:
     assert await backend.import_many(items) == [True] * 10
     assert await backend.import_many(items) == [False] * 10
     record = await backend.load("legacy:3")
-    assert record is not None and record.data == {"i": 3} and record.version == 1
+    assert record is not None
+    assert record.data == {"i": 3}
+    assert record.version == 1
 
 
 async def test_check(backend: SessionBackend) -> None:

@@ -93,8 +93,11 @@ async def test_write_creates_cookie_and_data_round_trips(app_backend: SessionBac
     async with client(app) as c:
         response = await c.get("/set?user=alice&role=admin")
         header = session_cookie(response)
-        assert header is not None and COOKIE_RE.match(header)
-        assert "HttpOnly" in header and "SameSite=Lax" in header and "Max-Age=1209600" in header
+        assert header is not None
+        assert COOKIE_RE.match(header)
+        assert "HttpOnly" in header
+        assert "SameSite=Lax" in header
+        assert "Max-Age=1209600" in header
         response = await c.get("/get")
         assert response.json()["data"] == {"user": "alice", "role": "admin"}
         # Reading without changes writes nothing back and sets no cookie.
@@ -132,7 +135,8 @@ async def test_unknown_id_is_never_adopted() -> None:
     header = session_cookie(response)
     assert header is not None
     match = COOKIE_RE.match(header)
-    assert match is not None and match.group(1) != chosen
+    assert match is not None
+    assert match.group(1) != chosen
     assert await backend.load(chosen) is None
     assert (await backend.load(match.group(1))) is not None
 
@@ -162,7 +166,8 @@ async def test_bad_cookie_gives_anonymous_session(raw: bytes) -> None:
         assert response.status_code == 200
     assert backend.calls["load"] == 0  # rejected before any store call
     header = session_cookie(response)
-    assert header is not None and COOKIE_RE.match(header)
+    assert header is not None
+    assert COOKIE_RE.match(header)
 
 
 async def test_tampered_data_in_cookie_is_impossible() -> None:
@@ -170,7 +175,8 @@ async def test_tampered_data_in_cookie_is_impossible() -> None:
     app = SessionMiddleware(starlette_app(), settings(), backend=MemorySessionBackend())
     async with client(app) as c:
         header = session_cookie(await c.get("/set?user=alice"))
-    assert header is not None and "alice" not in header
+    assert header is not None
+    assert "alice" not in header
 
 
 async def test_key_rotation() -> None:
@@ -207,7 +213,8 @@ async def test_regenerate_moves_data_to_a_new_id(app_backend: SessionBackend) ->
         header = session_cookie(response)
         assert header is not None
         match = COOKIE_RE.match(header)
-        assert match is not None and match.group(1) != old_id
+        assert match is not None
+        assert match.group(1) != old_id
         data = (await c.get("/get")).json()
     assert data["data"] == {"cart": "3", "user": "bob"}
     assert data["id"] == match.group(1)
@@ -221,7 +228,8 @@ async def test_clear_deletes_and_expires_cookie(app_backend: SessionBackend) -> 
         sid = (await c.get("/get")).json()["id"]
         response = await c.get("/logout")
         header = session_cookie(response)
-        assert header is not None and "Max-Age=0" in header
+        assert header is not None
+        assert "Max-Age=0" in header
         assert (await c.get("/get")).json()["data"] == {}
     assert await app_backend.load(sid) is None
 
@@ -246,7 +254,8 @@ async def test_sliding_expiry_refreshes_at_most_once_per_interval() -> None:
         assert backend.calls["cas"] == 1
         sid = response.json()["id"]
         record = await backend.load(sid)
-        assert record is not None and record.expires_at == pytest.approx(now[0] + 3600)
+        assert record is not None
+        assert record.expires_at == pytest.approx(now[0] + 3600)
         response = await c.get("/get")
         assert backend.calls["cas"] == 1
         # Without activity it expires.
@@ -325,7 +334,8 @@ async def test_corrupt_entry_is_no_session_and_logged_once(
                     assert response.json()["data"] == {}
         # A write issues a fresh id rather than reusing the corrupt one.
         header = session_cookie(await c.get("/set?b=2"))
-        assert header is not None and sid not in header
+        assert header is not None
+        assert sid not in header
     corrupt_logs = [r for r in caplog.records if "corrupt session" in r.getMessage()]
     assert len(corrupt_logs) == 1
 
