@@ -32,25 +32,12 @@ def two_instances(redis_url: str, redis_prefix: str) -> Iterator[tuple[str, str]
     try:
         for _ in range(2):
             port = free_port()
+            command = [sys.executable, "-m", "uvicorn", "tests.sessions.e2e_app:app", "--host",
+                       "127.0.0.1", "--port", str(port), "--log-level", "warning"]  # fmt: skip
             processes.append(
                 subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "uvicorn",
-                        "tests.sessions.e2e_app:app",
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(port),
-                        "--log-level",
-                        "warning",
-                    ],
-                    cwd=ROOT,
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                )  # fmt: skip
+                    command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+                )
             )
             urls.append(f"http://127.0.0.1:{port}")
             wait_port(port, timeout=20)
