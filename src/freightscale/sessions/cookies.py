@@ -43,8 +43,8 @@ def new_session_id() -> str:
 
 
 def _mac(key: bytes, session_id: bytes) -> bytes:
-    digest = hmac.new(key, _CONTEXT + session_id, hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=")
+    # hmac.digest: the one-shot C implementation (several times faster than hmac.new).
+    return base64.urlsafe_b64encode(hmac.digest(key, _CONTEXT + session_id, "sha256"))[:43]
 
 
 class CookieSigner:

@@ -10,7 +10,6 @@ conflicting write is merged key by key and retried
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -147,10 +146,14 @@ class SessionMiddleware:
 
     # -- store calls: timeout, outage tracking -----------------------------
     async def store(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Run one backend call under ``settings.timeout``, tracking outages."""
+        """Run one backend call, tracking outages.
+
+        Each backend bounds its own calls (Redis: the client's socket and pool
+        timeouts; PostgreSQL: ``settings.timeout``); a second timer here would
+        cost more than the Redis GET it guards.
+        """
         try:
-            async with asyncio.timeout(self.settings.timeout):
-                result = await call()
+            result = await call()
         except CorruptSessionError:
             raise
         except (StoreError, TimeoutError) as exc:
@@ -317,7 +320,7 @@ class _Responder:
             if self.cookie_bad:
                 headers.append(mw._delete_cookie)
             return headers
-        encoded = s.check_size()
+        encoded = s.check_size() if s.may_have_changed else None
         now = mw.clock()
         expires_at = now + mw.settings.max_age
         if s.id is None or s._regenerate or self.migrate:
@@ -331,7 +334,7 @@ class _Responder:
             scope_state(self.scope)["session_id"] = new_id
             headers.append(mw.set_cookie(new_id))
             return headers
-        if encoded != s.original:
+        if encoded is not None and encoded != s.original:
             if await self._update(s.id, json.loads(s.original), s._data, s.version, expires_at):
                 headers.append(mw.set_cookie(s.id))
             else:

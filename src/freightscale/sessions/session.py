@@ -68,9 +68,9 @@ class Session(MutableMapping[str, Any]):
         "_loader",
         "_max_size",
         "_regenerate",
+        "_snapshot",
         "expires_at",
         "id",
-        "original",
         "version",
     )
 
@@ -87,9 +87,9 @@ class Session(MutableMapping[str, Any]):
         self._cleared = False
         self._regenerate = False
         self._degraded = False
+        self._snapshot: str | None = None
         self.id: str | None = None
         """The stored session's id (None until it exists in the store)."""
-        self.original: str = "{}"
         self.version = 0
         self.expires_at = 0.0
 
@@ -117,7 +117,6 @@ class Session(MutableMapping[str, Any]):
 
     def _populate(self, data: dict[str, Any], version: int, expires_at: float, sid: str) -> None:
         self._data = data
-        self.original = dumps(data)
         self.version = version
         self.expires_at = expires_at
         self.id = sid
@@ -131,12 +130,35 @@ class Session(MutableMapping[str, Any]):
             )
         return self._data
 
+    # -- change detection --------------------------------------------------
+    # The JSON of the data as loaded is taken lazily, just before anything
+    # could change it: a write, a delete, or handing out a mutable value
+    # (``session["cart"].append(…)``). A request that only reads scalars
+    # never serializes the session at all.
+    def _before_change(self) -> None:
+        if self._snapshot is None:
+            self._snapshot = dumps(self._data)
+
+    @property
+    def original(self) -> str:
+        """The session's JSON as loaded (the current JSON if it cannot have changed)."""
+        return self._snapshot if self._snapshot is not None else dumps(self._data)
+
+    @property
+    def may_have_changed(self) -> bool:
+        """False when the request provably changed nothing (no write, no mutable handed out)."""
+        return self._snapshot is not None
+
     # -- mapping -----------------------------------------------------------
     def __getitem__(self, key: str) -> Any:
-        return self._need()[key]
+        value = self._need()[key]
+        if isinstance(value, dict | list):
+            self._before_change()
+        return value
 
     def __setitem__(self, key: str, value: Any) -> None:
         data = self._need()
+        self._before_change()
         if not isinstance(key, str):
             raise TypeError(f"session keys are strings, got {type(key).__name__}")
         try:
@@ -155,7 +177,9 @@ class Session(MutableMapping[str, Any]):
             raise
 
     def __delitem__(self, key: str) -> None:
-        del self._need()[key]
+        data = self._need()
+        self._before_change()
+        del data[key]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._need())
@@ -182,6 +206,7 @@ class Session(MutableMapping[str, Any]):
     # -- lifecycle ---------------------------------------------------------
     def clear(self) -> None:
         """Empty the session, delete it from the store and expire the cookie."""
+        self._before_change()
         self._data = {}
         self._loaded = True
         self._cleared = True

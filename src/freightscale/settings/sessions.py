@@ -82,7 +82,8 @@ class SessionSettings(Section):
     ``closed`` answers 503 for routes that use the session."""
 
     timeout: float = Field(default=2.0, gt=0, le=60)
-    """Seconds one store call may take before the store counts as down."""
+    """PostgreSQL store: seconds one call may take before the store counts as down
+    (a Redis store uses the Redis settings' ``socket_timeout`` and ``pool_timeout``)."""
 
     conflict_retries: int = Field(default=3, ge=0, le=20)
     """Times a conflicting write (another request saved the session first) is
