@@ -102,3 +102,41 @@ async def test_import_many_is_idempotent(backend: SessionBackend) -> None:
 
 async def test_check(backend: SessionBackend) -> None:
     await backend.check()
+
+
+async def test_postgres_cleanup_deletes_expired_rows_in_batches(database_url: str) -> None:
+    from sqlalchemy import text
+
+    from freightscale.sessions.postgres import PostgresSessionBackend
+
+    now = [time.time()]
+    backend = PostgresSessionBackend.from_url(
+        database_url,
+        table_name="sessions_cleanup_test",
+        cleanup_batch_size=3,
+        cleanup_interval=3600,
+        clock=lambda: now[0],
+    )
+    try:
+        assert backend._cleanup_task is None  # nothing runs before first use
+        for i in range(10):
+            await backend.compare_and_set(f"old{i}", {"i": i}, now[0] + 10, version=0)
+        for i in range(4):
+            await backend.compare_and_set(f"live{i}", {"i": i}, now[0] + 3600, version=0)
+        assert backend._cleanup_task is not None  # started lazily by the first call
+        now[0] += 60
+        assert await backend.delete_expired() == 10
+        async with backend.engine.connect() as conn:
+            ids = (await conn.execute(text("SELECT id FROM sessions_cleanup_test"))).scalars()
+            assert sorted(ids) == [f"live{i}" for i in range(4)]
+            indexes = (
+                await conn.execute(
+                    text(
+                        "SELECT indexdef FROM pg_indexes WHERE tablename = 'sessions_cleanup_test'"
+                    )
+                )
+            ).scalars()
+            assert any("(expires_at)" in d for d in indexes)
+    finally:
+        await backend.aclose()
+    assert backend._cleanup_task is None

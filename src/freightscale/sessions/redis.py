@@ -116,7 +116,12 @@ class RedisSessionBackend:
             for sid, data, exp in live:
                 value = encode_record(data, 1, exp)
                 ttl_ms = max(1, int((exp - now) * 1000))
-                await self._cas(keys=[self.key(sid)], args=[0, value, ttl_ms], client=pipe)
+                # redis-py queues a script call on a pipeline (EVALSHA, SCRIPT LOAD on NOSCRIPT).
+                await self._cas(
+                    keys=[self.key(sid)],
+                    args=[0, value, ttl_ms],
+                    client=pipe,  # type: ignore[arg-type]
+                )
             return list(await pipe.execute())
 
         replies = iter(await self._call(run) if live else [])
