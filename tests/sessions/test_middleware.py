@@ -445,3 +445,38 @@ async def test_expired_session_is_gone_even_if_store_lags() -> None:
         await c.get("/set?a=1")
         now[0] += 61
         assert (await c.get("/get")).json()["data"] == {}
+
+
+async def test_websocket_can_read_the_session() -> None:
+    """Driven through raw ASGI messages (no websocket client needed)."""
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket
+
+    async def ws(websocket: WebSocket) -> None:
+        session = await load_session(websocket)
+        await websocket.accept()
+        await websocket.send_json(dict(session))
+        await websocket.close()
+
+    inner = starlette_app()
+    inner.router.routes.append(WebSocketRoute("/ws", ws))
+    app = SessionMiddleware(inner, settings(), backend=MemorySessionBackend())
+    async with client(app) as c:
+        await c.get("/set?user=alice")
+        cookie = f"fs_session={c.cookies['fs_session']}".encode()
+    incoming = [{"type": "websocket.connect"}, {"type": "websocket.disconnect", "code": 1000}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/ws", "raw_path": b"/ws", "root_path": "",
+             "query_string": b"", "headers": [(b"cookie", cookie)], "scheme": "ws",
+             "server": ("test", 80), "client": ("127.0.0.1", 1), "subprotocols": [],
+             "asgi": {"version": "3.0"}}  # fmt: skip
+    await app(scope, receive, send)  # type: ignore[arg-type]
+    texts = [m.get("text") for m in sent if m["type"] == "websocket.send"]
+    assert texts == ['{"user":"alice"}'] or texts == ['{"user": "alice"}']
