@@ -11,12 +11,20 @@ interleaved rounds (the order rotates each round); each round's requests/s
 is divided by the ``bare`` figure of the *same* round, and the median of
 those ratios is reported.
 
-    python bench/sessions_bench.py [--rounds 5] [--duration 3] [--connections 16]
+Second table (``--mode cpu`` or ``both``): the same five apps driven in
+process through ASGI, sequentially, against the same Redis; it reports the
+client-side CPU time per request (``time.process_time``), which a shared,
+noisy machine disturbs far less than wall-clock throughput. For a one-worker
+server at saturation, requests/s is about 1 / CPU per request, so
+``bare CPU / variant CPU`` estimates the same ratio.
+
+    python bench/sessions_bench.py [--mode both] [--rounds 5] [--duration 3] [--connections 16]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -29,6 +37,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("bare", "get", "get-fs", "freightscale", "starsessions")
@@ -92,14 +101,89 @@ def wrk(port: int, cookie: str, duration: float, connections: int) -> float:
     return float(match.group(1))
 
 
+async def _asgi_get(app: Any, path: str, cookie: str) -> list[tuple[bytes, bytes]]:
+    headers = [(b"host", b"bench")]
+    if cookie:
+        headers.append((b"cookie", cookie.encode()))
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+             "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
+             "query_string": b"", "headers": headers, "server": ("bench", 80),
+             "client": ("127.0.0.1", 1)}  # fmt: skip
+    start: dict[str, Any] = {}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            start.update(message)
+
+    await app(scope, receive, send)
+    if start.get("status") != 200:
+        raise SystemExit(f"{path}: status {start.get('status')}")
+    return list(start.get("headers", []))
+
+
+async def _cpu_rounds(args: argparse.Namespace, prefix: str) -> dict[str, list[float]]:
+    os.environ.update(BENCH_REDIS_URL=args.redis_url, BENCH_PREFIX=prefix)
+    # This checkout's freightscale, not an installed one.
+    sys.path[:0] = [str(ROOT / "src"), str(ROOT / "bench")]
+    import sessions_apps
+
+    apps = {v: sessions_apps.build(v) for v in VARIANTS}
+    cookies = {}
+    for variant, app in apps.items():
+        headers = await _asgi_get(app, "/login", "")
+        cookies[variant] = "; ".join(
+            v.decode().split(";", 1)[0] for k, v in headers if k == b"set-cookie"
+        )
+        for _ in range(200):  # warm-up
+            await _asgi_get(app, "/", cookies[variant])
+    cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for round_ in range(args.rounds):
+        order = VARIANTS[round_ % len(VARIANTS) :] + VARIANTS[: round_ % len(VARIANTS)]
+        for variant in order:
+            app, cookie = apps[variant], cookies[variant]
+            begin = time.process_time()
+            for _ in range(args.requests):
+                await _asgi_get(app, "/", cookie)
+            cpu[variant].append((time.process_time() - begin) / args.requests * 1e6)
+    return cpu
+
+
+def _report_cpu(cpu: dict[str, list[float]], args: argparse.Namespace) -> None:
+    print(f"in-process, {args.requests} sequential requests x {args.rounds} interleaved rounds, "
+          "client-side CPU per request (median of rounds)")  # fmt: skip
+    print(f"{'variant':<14}{'CPU us/request':>16}{'bare CPU / variant CPU':>26}")
+    for variant in VARIANTS:
+        ratios = [b / v for b, v in zip(cpu["bare"], cpu[variant], strict=True)]
+        print(f"{variant:<14}{statistics.median(cpu[variant]):>16.0f}"
+              f"{statistics.median(ratios):>25.2f}x")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=["wrk", "cpu", "both"], default="both")
+    parser.add_argument("--requests", type=int, default=3000, help="per round, cpu mode")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()
     prefix = f"fsbench-{uuid.uuid4().hex[:8]}"
+    print(f"command: python {shlex.join(['bench/sessions_bench.py', *sys.argv[1:]])}")
+    if args.mode in ("wrk", "both"):
+        _wrk_mode(args, prefix)
+    if args.mode in ("cpu", "both"):
+        try:
+            cpu = asyncio.run(_cpu_rounds(args, prefix))
+        finally:
+            _cleanup(args.redis_url, prefix)
+        print()
+        _report_cpu(cpu, args)
+
+
+def _wrk_mode(args: argparse.Namespace, prefix: str) -> None:
     servers = {v: start(v, args.redis_url, prefix) for v in VARIANTS}
     rps: dict[str, list[float]] = {v: [] for v in VARIANTS}
     ratios: dict[str, list[float]] = {v: [] for v in VARIANTS}
@@ -127,7 +211,6 @@ def main() -> None:
             process.wait(timeout=10)
         _cleanup(args.redis_url, prefix)
     print()
-    print(f"command: python {shlex.join(['bench/sessions_bench.py', *sys.argv[1:]])}")
     print(f"wrk -t1 -c{args.connections} -d{args.duration:g}s, {args.rounds} interleaved rounds, "
           "uvicorn 1 worker per variant, GET / with a valid session cookie")  # fmt: skip
     print(f"{'variant':<14}{'median req/s':>14}{'ratio to bare (median of rounds)':>36}")
