@@ -480,3 +480,16 @@ async def test_websocket_can_read_the_session() -> None:
     await app(scope, receive, send)  # type: ignore[arg-type]
     texts = [m.get("text") for m in sent if m["type"] == "websocket.send"]
     assert texts == ['{"user":"alice"}'] or texts == ['{"user": "alice"}']
+
+
+async def test_nested_growth_past_the_limit_is_refused_with_problem_json() -> None:
+    backend = MemorySessionBackend()
+    app = SessionMiddleware(starlette_app(), settings(max_size_bytes=1024), backend=backend)
+    async with client(app) as c:
+        await c.get("/nested?item=a")
+        response = await c.get("/nested?item=" + "x" * 2000)
+        assert response.status_code == 500
+        assert response.headers["content-type"] == "application/problem+json"
+        assert "sessions.max_size_bytes=1024" in response.json()["detail"]
+        # The stored session is unchanged.
+        assert (await c.get("/get")).json()["data"] == {"cart": ["a"]}

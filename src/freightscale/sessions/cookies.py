@@ -21,6 +21,8 @@ import secrets
 from collections.abc import Iterable, Sequence
 from urllib.parse import unquote_to_bytes
 
+from cachetools import LRUCache
+
 __all__ = [
     "CookieSigner",
     "delete_cookie_header",
@@ -54,10 +56,12 @@ class CookieSigner:
         keys: secret keys, newest first (at least one).
     """
 
-    def __init__(self, keys: Sequence[str]) -> None:
+    def __init__(self, keys: Sequence[str], *, cache_size: int = 4096) -> None:
         if not keys:
             raise ValueError("CookieSigner needs at least one secret key")
         self._keys = [k.encode() for k in keys]
+        # Verified cookie values only (a bounded LRU): a returning client skips the HMAC.
+        self._verified: LRUCache[bytes, str] = LRUCache(cache_size)
 
     def __repr__(self) -> str:
         return f"CookieSigner(keys=<{len(self._keys)} masked>)"
@@ -71,6 +75,9 @@ class CookieSigner:
         """Return the session id in a cookie value, or None if it is not one of ours."""
         if value is None:
             return None
+        cached = self._verified.get(value)
+        if cached is not None:
+            return cached
         match = _COOKIE_RE.match(value)
         if match is None:
             return None
@@ -79,7 +86,11 @@ class CookieSigner:
         for key in self._keys:
             # No early exit: every key is tried, so timing does not tell which matched.
             valid |= hmac.compare_digest(_mac(key, raw), mac)
-        return raw.decode("ascii") if valid else None
+        if not valid:
+            return None
+        session_id = raw.decode("ascii")
+        self._verified[bytes(value)] = session_id
+        return session_id
 
 
 def verify_legacy_cookie(value: bytes | None, secrets_: Iterable[str]) -> str | None:

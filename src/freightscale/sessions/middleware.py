@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from cachetools import TTLCache
 from opentelemetry import metrics
@@ -157,21 +157,31 @@ class SessionMiddleware:
         except CorruptSessionError:
             raise
         except (StoreError, TimeoutError) as exc:
-            _store_errors.add(1)
-            if not self._store_down:
-                self._store_down = True
-                logger.warning(
-                    "session store unavailable (%s); fail_mode=%s until it recovers",
-                    exc or "timeout",
-                    self.settings.fail_mode,
-                )
-            if isinstance(exc, StoreUnavailableError | TimeoutError):
-                raise SessionUnavailableError(f"session store unavailable: {exc}") from exc
-            raise
+            self.failed(exc)
+        if self._store_down:
+            self.recovered()
+        return result
+
+    def failed(self, exc: Exception) -> NoReturn:
+        """Count a failed store call, log the outage once, and re-raise it
+        (as :class:`SessionUnavailableError` when the store is unreachable)."""
+        _store_errors.add(1)
+        if not self._store_down:
+            self._store_down = True
+            logger.warning(
+                "session store unavailable (%s); fail_mode=%s until it recovers",
+                exc or "timeout",
+                self.settings.fail_mode,
+            )
+        if isinstance(exc, StoreUnavailableError | TimeoutError):
+            raise SessionUnavailableError(f"session store unavailable: {exc}") from exc
+        raise exc
+
+    def recovered(self) -> None:
+        """Log the end of an outage (once)."""
         if self._store_down:
             self._store_down = False
             logger.warning("session store recovered")
-        return result
 
     def corrupt(self, session_id: str, exc: Exception) -> None:
         """Count a corrupt entry; log it once per id."""
@@ -221,16 +231,23 @@ class _Responder:
         mw = self.mw
         key = self.sid if self.sid is not None else LEGACY_PREFIX + str(self.legacy_sid)
         try:
-            record = await mw.store(partial(mw.backend.load, key))
+            # Called directly (not through mw.store) to keep the read path short.
+            record = await mw.backend.load(key)
         except CorruptSessionError as exc:
             mw.corrupt(key, exc)
             record = None
-        except StoreError:
-            if mw.settings.fail_mode == "closed":
-                self.unavailable = True
-                raise
+        except StoreError as exc:
+            try:
+                mw.failed(exc)
+            except StoreError:
+                if mw.settings.fail_mode == "closed":
+                    self.unavailable = True
+                    raise
             session._degraded = True
             return
+        else:
+            if mw._store_down:
+                mw.recovered()
         if record is None or record.data is None or record.expires_at <= mw.clock():
             self.unknown = True
             return
