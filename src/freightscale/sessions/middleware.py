@@ -265,6 +265,7 @@ class _Responder:
             if message["type"] == "http.response.start":
                 started = True
                 status, detail = 0, ""
+                extra: list[Header] = []
                 if self.unavailable and message["status"] >= 500:
                     status, detail = 503, _UNAVAILABLE
                 else:
@@ -272,7 +273,6 @@ class _Responder:
                         extra = await self.commit()
                     except SessionUnavailableError:
                         # Open: the response goes out, the session change is lost (logged).
-                        extra = []
                         if mw.settings.fail_mode == "closed":
                             status, detail = 503, _UNAVAILABLE
                     except SessionTooLargeError as exc:
