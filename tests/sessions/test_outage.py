@@ -184,3 +184,35 @@ async def test_start_up_does_not_depend_on_the_session_count(
         print(f"start-up with {sessions} sessions in the store: {elapsed * 1000:.1f} ms")
     finally:
         admin.close()
+
+
+@pytest.mark.parametrize("fail_mode", ["open", "closed"])
+async def test_store_lost_between_load_and_write(
+    fail_mode: str, durable_redis: RedisServer, closing: list[SessionMiddleware]
+) -> None:
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from freightscale.sessions import load_session
+
+    async def write_during_outage(request: Request) -> JSONResponse:
+        session = await load_session(request)
+        durable_redis.stop()  # Redis dies while the handler runs
+        session["cart"] = "lost"
+        return JSONResponse({"ok": True})
+
+    app = make_app(durable_redis.url, fail_mode=fail_mode)
+    app.app.router.routes.append(Route("/write-during-outage", write_during_outage))  # type: ignore[attr-defined]
+    closing.append(app)
+    async with client(app) as c:
+        await c.get("/set?user=alice")
+        response = await c.get("/write-during-outage")
+        if fail_mode == "open":
+            assert response.status_code == 200
+            assert response.headers.get_list("set-cookie") == []
+        else:
+            assert response.status_code == 503
+            assert response.headers["content-type"] == PROBLEM_CONTENT_TYPE
+        durable_redis.start()
+        assert (await c.get("/get")).json()["data"] == {"user": "alice"}
