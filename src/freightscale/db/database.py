@@ -23,10 +23,10 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
+from opentelemetry.metrics import MeterProvider
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from freightscale.context import get_principal, scope_state
-from freightscale.db import metrics
 from freightscale.db.engines import Engines, create_engines
 from freightscale.db.errors import OutageLog
 from freightscale.db.routing import ReplicaSet, RoutingAsyncSession, RoutingState
@@ -70,6 +70,7 @@ class Database:
         store: where read-your-writes markers live (default: a bounded
             in-process memory store, which holds for one process only).
         client_key: maps a request scope to its marker key (None: no marker).
+        meter_provider: OpenTelemetry meter provider (default: the global one).
     """
 
     def __init__(
@@ -79,19 +80,24 @@ class Database:
         engines: Engines | None = None,
         store: Store | None = None,
         client_key: ClientKey = default_client_key,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         self.settings = settings if settings is not None else DatabaseSettings()
-        self.engines = engines if engines is not None else create_engines(self.settings)
+        if engines is None:
+            engines = create_engines(self.settings, meter_provider=meter_provider)
+        self.engines = engines
+        self.metrics = engines.metrics
         self.replicas = ReplicaSet(
             self.engines.replicas,
             max_lag=self.settings.max_replica_lag,
             check_interval=self.settings.replica_check_interval,
             check_timeout=self.settings.replica_check_timeout,
+            db_metrics=self.metrics,
         )
         root = store if store is not None else MemoryStore(max_entries=100_000)
         self.store = root.with_namespace("db-ryw")
         self.client_key = client_key
-        self.outage = OutageLog("primary")
+        self.outage = OutageLog("primary", self.metrics)
         self._store_down = False
         self._recheck: asyncio.Task[None] | None = None
         self.sessionmaker = async_sessionmaker(
@@ -181,7 +187,7 @@ class Database:
             self._store_ok()
 
     def _store_failed(self, exc: BaseException) -> None:
-        metrics.record_store_error()
+        self.metrics.record_store_error()
         if not self._store_down:
             self._store_down = True
             logger.warning(

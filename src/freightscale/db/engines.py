@@ -15,13 +15,14 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from opentelemetry.metrics import MeterProvider
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, StaticPool
 
-from freightscale.db import metrics
+from freightscale.db.metrics import Attributes, DbMetrics
 from freightscale.exceptions import ConfigurationError, MissingDependencyError
 from freightscale.settings.database import DatabaseSettings
 
@@ -35,22 +36,26 @@ class InstrumentedPool(AsyncAdaptedQueuePool):
     SQLAlchemy's ``recreate()`` on ``dispose()``.
     """
 
-    metric_attributes: ClassVar[metrics.Attributes] = {}
+    metric_attributes: ClassVar[Attributes] = {}
+    db_metrics: ClassVar[DbMetrics | None] = None
 
     def _do_get(self) -> ConnectionPoolEntry:
         started = time.perf_counter()
         try:
             entry = super()._do_get()
         except sa_exc.TimeoutError:
-            metrics.record_timeout(self.metric_attributes)
+            if self.db_metrics is not None:
+                self.db_metrics.record_timeout(self.metric_attributes)
             raise
-        metrics.record_checkout(time.perf_counter() - started, self.metric_attributes)
+        if self.db_metrics is not None:
+            self.db_metrics.record_checkout(time.perf_counter() - started, self.metric_attributes)
         return entry
 
 
-def _pool_class(attrs: metrics.Attributes) -> type[InstrumentedPool]:
+def _pool_class(attrs: Attributes, db_metrics: DbMetrics | None) -> type[InstrumentedPool]:
     name = f"InstrumentedPool_{attrs['db.pool.name'].replace('-', '_')}"
-    return type(name, (InstrumentedPool,), {"metric_attributes": dict(attrs)})
+    namespace = {"metric_attributes": dict(attrs), "db_metrics": db_metrics}
+    return type(name, (InstrumentedPool,), namespace)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,7 @@ class Engines:
 
     primary: AsyncEngine
     replicas: tuple[AsyncEngine, ...] = field(default=())
+    metrics: DbMetrics = field(default_factory=DbMetrics.for_provider)
 
     @property
     def all(self) -> tuple[AsyncEngine, ...]:
@@ -83,12 +89,17 @@ def _unique_statement_name() -> str:
 
 
 def engine_options(
-    settings: DatabaseSettings, url: str, *, role: str = "primary", name: str = "primary"
+    settings: DatabaseSettings,
+    url: str,
+    *,
+    role: str = "primary",
+    name: str = "primary",
+    db_metrics: DbMetrics | None = None,
 ) -> dict[str, Any]:
     """Return the keyword arguments :func:`create_async_engine` gets for ``url``.
 
     Exposed so benchmarks and tests can vary one option (``poolclass``)
-    while keeping the rest identical.
+    while keeping the rest identical. Pass the ``db_metrics`` the pool reports to.
     """
     parsed = make_url(url)
     attrs = {"db.role": role, "db.pool.name": name}
@@ -102,7 +113,7 @@ def engine_options(
             # several empty databases.
             return {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
         options.update(
-            poolclass=_pool_class(attrs),
+            poolclass=_pool_class(attrs, db_metrics),
             pool_size=settings.pool_size,
             max_overflow=settings.max_overflow,
             pool_timeout=settings.pool_timeout,
@@ -129,7 +140,7 @@ def engine_options(
             prepared_statement_cache_size=settings.statement_cache_size,
         )
     options.update(
-        poolclass=_pool_class(attrs),
+        poolclass=_pool_class(attrs, db_metrics),
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
         pool_timeout=settings.pool_timeout,
@@ -157,9 +168,11 @@ def engine_label(engine: AsyncEngine | Engine) -> tuple[str, str]:
     return _labels.get(sync, ("primary", "?"))
 
 
-def _create(settings: DatabaseSettings, url: str, role: str, name: str) -> AsyncEngine:
+def _create(
+    settings: DatabaseSettings, url: str, role: str, name: str, db_metrics: DbMetrics
+) -> AsyncEngine:
     url = _driver_url(url)
-    options = engine_options(settings, url, role=role, name=name)
+    options = engine_options(settings, url, role=role, name=name, db_metrics=db_metrics)
     try:
         engine = create_async_engine(url, **options)
     except ModuleNotFoundError as exc:
@@ -183,7 +196,7 @@ def _create(settings: DatabaseSettings, url: str, role: str, name: str) -> Async
     _labels[engine.sync_engine] = (role, name)
     if isinstance(engine.pool, InstrumentedPool):
         attrs = {"db.role": role, "db.pool.name": name}
-        metrics.observe_pool(engine.sync_engine, lambda e: e.pool, attrs)
+        db_metrics.observe_pool(engine.sync_engine, lambda e: e.pool, attrs)
     if url.startswith("sqlite"):
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
@@ -199,7 +212,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
-def create_engines(settings: DatabaseSettings) -> Engines:
+def create_engines(
+    settings: DatabaseSettings, *, meter_provider: MeterProvider | None = None
+) -> Engines:
     """Create the primary engine and one per replica from ``settings``.
 
     No connection is opened here; pools fill on first use.
@@ -208,9 +223,10 @@ def create_engines(settings: DatabaseSettings) -> Engines:
         ConfigurationError: an engine cannot be built from a URL.
         MissingDependencyError: asyncpg / aiosqlite is not installed.
     """
-    primary = _create(settings, settings.effective_url, "primary", "primary")
+    db_metrics = DbMetrics.for_provider(meter_provider)
+    primary = _create(settings, settings.effective_url, "primary", "primary", db_metrics)
     replicas = tuple(
-        _create(settings, url.get_secret_value(), "replica", f"replica-{index}")
+        _create(settings, url.get_secret_value(), "replica", f"replica-{index}", db_metrics)
         for index, url in enumerate(settings.replica_urls)
     )
-    return Engines(primary=primary, replicas=replicas)
+    return Engines(primary=primary, replicas=replicas, metrics=db_metrics)

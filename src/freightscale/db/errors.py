@@ -15,7 +15,7 @@ import threading
 
 from sqlalchemy import exc as sa_exc
 
-from freightscale.db import metrics
+from freightscale.db.metrics import DbMetrics
 from freightscale.errors import ProblemResponse, problem_response
 from freightscale.exceptions import StoreUnavailableError
 
@@ -124,8 +124,9 @@ class OutageLog:
     so a down database does not flood the logs.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, db_metrics: DbMetrics | None = None) -> None:
         self.name = name
+        self.metrics = db_metrics if db_metrics is not None else DbMetrics.for_provider()
         self._down = False
         self._lock = threading.Lock()
 
@@ -136,7 +137,7 @@ class OutageLog:
 
     def failure(self, reason: str, error: BaseException) -> None:
         """Record a failed request; log only the first of an outage."""
-        metrics.record_unavailable(self.name, reason)
+        self.metrics.record_unavailable(self.name, reason)
         with self._lock:
             first, self._down = not self._down, True
         if first:

@@ -40,8 +40,8 @@ from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import GenerativeSelect
 
-from freightscale.db import metrics
 from freightscale.db.engines import engine_label
+from freightscale.db.metrics import DbMetrics
 
 __all__ = [
     "Replica",
@@ -202,14 +202,14 @@ _CHECK_SQL = text(
 class Replica:
     """One read replica: its engine and its last health-check result."""
 
-    def __init__(self, engine: AsyncEngine, name: str) -> None:
+    def __init__(self, engine: AsyncEngine, name: str, db_metrics: DbMetrics) -> None:
         self.engine = engine
         self.name = name
         self.healthy = False
         self.lag: float | None = None
         self.reason: str | None = "not checked yet"
         self.checked_at: float | None = None
-        metrics.observe_replica(self, {"db.role": "replica", "db.pool.name": name})
+        db_metrics.observe_replica(self, {"db.role": "replica", "db.pool.name": name})
 
     def __repr__(self) -> str:
         state = "healthy" if self.healthy else f"out ({self.reason})"
@@ -233,6 +233,7 @@ class ReplicaSet:
         max_lag: seconds of replay lag beyond which a replica is out.
         check_interval: seconds between checks.
         check_timeout: seconds one check may take.
+        db_metrics: where health and lag are reported (default: the global provider).
     """
 
     def __init__(
@@ -242,8 +243,10 @@ class ReplicaSet:
         max_lag: float,
         check_interval: float,
         check_timeout: float,
+        db_metrics: DbMetrics | None = None,
     ) -> None:
-        self.replicas = [Replica(engine, engine_label(engine)[1]) for engine in engines]
+        db_metrics = db_metrics if db_metrics is not None else DbMetrics.for_provider()
+        self.replicas = [Replica(engine, engine_label(engine)[1], db_metrics) for engine in engines]
         self.max_lag = max_lag
         self.check_interval = check_interval
         self.check_timeout = check_timeout
