@@ -7,6 +7,7 @@ shared server on 127.0.0.1:5432. Also used by ``bench/db_bench.py --own-server``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -172,10 +173,8 @@ class PgCluster:
         """Stop both servers (immediately) and remove every file."""
         for server in (self.replica, self.primary):
             if server is not None and server.running:
-                try:
+                with contextlib.suppress(Exception):
                     server.stop("immediate")
-                except Exception:
-                    pass
         shutil.rmtree(self.root, ignore_errors=True)
 
 
