@@ -146,7 +146,8 @@ async def test_cancelled_requests_leak_no_connection(
     scope = {
         "type": "http", "method": "GET", "path": "/sleep", "raw_path": b"/sleep",
         "query_string": b"s=2", "headers": [], "scheme": "http", "server": ("test", 80),
-        "client": ("1.2.3.4", 1), "root_path": "", "http_version": "1.1", "asgi": {"version": "3.0"},
+        "client": ("1.2.3.4", 1), "root_path": "", "http_version": "1.1",
+        "asgi": {"version": "3.0"},
     }  # fmt: skip
     with anyio.fail_after(15):
         async with anyio.create_task_group() as tg:
