@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -273,3 +274,72 @@ async def test_primary_restart_gives_503_then_recovers_without_app_restart(
             assert r.json()["count"] >= 5
         assert not db.outage.down
     await anyio.to_thread.run_sync(cluster.wait_streaming)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def marker_store(request: pytest.FixtureRequest) -> Any:
+    """The read-your-writes store: in-process, or the real Redis (shared by instances)."""
+    if request.param == "memory":
+        store = MemoryStore()
+        yield store
+        return
+    from freightscale.stores.redis import RedisStore
+
+    url = request.getfixturevalue("redis_url")
+    prefix = request.getfixturevalue("redis_prefix")
+    store = RedisStore.from_url(url, key_prefix=prefix)
+    yield store
+    await store.aclose()
+
+
+async def test_read_your_writes_holds_across_instances(
+    cluster: PgCluster, make_database: Callable[..., Database], marker_store: Any
+) -> None:
+    # Two "instances" of the app share only the marker store.
+    first = replica_db(make_database, cluster, read_your_writes_window=30, store=marker_store)
+    second = replica_db(make_database, cluster, read_your_writes_window=30, store=marker_store)
+    await first.replicas.check_all()
+    await second.replicas.check_all()
+    name = f"ryw-{uuid.uuid4().hex[:8]}"
+    async with client(make_app(first)) as a, client(make_app(second)) as b:
+        assert (await b.get("/items/x", headers={"x-user": "dave"})).json()["on_replica"] is True
+        r = await a.post("/items", params={"name": name}, headers={"x-user": "dave"})
+        assert r.status_code == 201
+        r = await b.get(f"/items/{name}", headers={"x-user": "dave"})
+        assert r.json() == {"on_replica": False, "count": 1}
+        assert (await b.get("/items/x", headers={"x-user": "erin"})).json()["on_replica"] is True
+    keys = []
+    for user in ("dave", "erin"):
+        scope: dict[str, Any] = {"type": "http", "headers": [(b"x-user", user.encode())]}
+        from freightscale.context import Principal, scope_state
+
+        scope_state(scope)["principal"] = Principal(user_id=user, tenant_id="t1")
+        keys.append(first.client_key(scope))
+    ttl = await first.store.expires_in(keys[0] or "")
+    assert ttl is not None
+    assert 0 < ttl <= 30
+    assert not await first.store.exists(keys[1] or "")
+
+
+async def test_marker_store_outage_sends_reads_to_the_primary(
+    cluster: PgCluster,
+    make_database: Callable[..., Database],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from freightscale.stores.redis import RedisStore
+    from tests.pg_servers import free_port
+
+    dead = RedisStore.from_url(
+        f"redis://127.0.0.1:{free_port()}/0", connect_timeout=0.2, socket_timeout=0.2, retries=0
+    )
+    db = replica_db(make_database, cluster, store=dead, marker_timeout=0.5)
+    await db.replicas.check_all()
+    try:
+        async with client(make_app(db)) as http:
+            for _ in range(3):
+                r = await http.get("/items/x", headers={"x-user": "frank"})
+                assert r.status_code == 200
+                assert r.json()["on_replica"] is False
+    finally:
+        await dead.aclose()
+    assert caplog.text.count("read-your-writes store failed") == 1

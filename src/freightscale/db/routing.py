@@ -199,6 +199,9 @@ _CHECK_SQL = text(
 )
 
 
+_UNCHECKED = "not checked yet"
+
+
 class Replica:
     """One read replica: its engine and its last health-check result."""
 
@@ -207,7 +210,7 @@ class Replica:
         self.name = name
         self.healthy = False
         self.lag: float | None = None
-        self.reason: str | None = "not checked yet"
+        self.reason: str | None = _UNCHECKED
         self.checked_at: float | None = None
         db_metrics.observe_replica(self, {"db.role": "replica", "db.pool.name": name})
 
@@ -217,7 +220,9 @@ class Replica:
 
     def _set(self, healthy: bool, reason: str | None) -> None:
         if healthy != self.healthy:
-            if healthy:
+            if healthy and self.reason == _UNCHECKED:
+                logger.info("replica %s in rotation", self.name)
+            elif healthy:
                 logger.warning("replica %s back in rotation", self.name)
             else:
                 logger.warning("replica %s taken out of rotation: %s", self.name, reason)
