@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -151,7 +152,10 @@ class Database:
         """Check the replicas now, in the background (after a connection error)."""
         if not len(self.replicas) or (self._recheck is not None and not self._recheck.done()):
             return
-        self._recheck = asyncio.get_running_loop().create_task(self.replicas.check_all())
+        # A fresh context: the task must not keep the request's principal alive.
+        self._recheck = asyncio.get_running_loop().create_task(
+            self.replicas.check_all(), context=contextvars.Context()
+        )
 
     async def load_marker(self, scope: Scope, state: RoutingState) -> None:
         """Make ``state`` sticky when the request's client wrote recently."""

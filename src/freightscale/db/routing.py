@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import re
 import time
@@ -325,7 +326,7 @@ class ReplicaSet:
         """Start the background checks (idempotent; needs a running loop)."""
         if self._task is None and self.replicas:
             self._task = asyncio.get_running_loop().create_task(
-                self._loop(), name="freightscale-replica-checks"
+                self._loop(), name="freightscale-replica-checks", context=contextvars.Context()
             )
 
     async def _loop(self) -> None:
