@@ -102,3 +102,19 @@ async def test_startup_warning_and_raise(caplog: pytest.LogCaptureFixture) -> No
     ok = await check_budget(settings, workers=1, query_servers=False)
     assert ok.ok
     ok.raise_for_problems()
+
+
+async def test_database_lifespan_warns_in_the_background(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from freightscale.db import Database
+
+    db = Database(DatabaseSettings(url=database_url, workers=7))
+    with caplog.at_level(logging.WARNING, logger="freightscale.db"):
+        async with db.lifespan():
+            import anyio
+
+            with anyio.fail_after(10):
+                while "connection budget" not in caplog.text:
+                    await anyio.sleep(0.05)
+    assert "= 105 exceeds FREIGHTSCALE_DATABASE__CONNECTION_BUDGET=90" in caplog.text

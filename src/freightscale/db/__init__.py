@@ -22,9 +22,8 @@ from freightscale.db.database import Database, default_client_key
 from freightscale.db.engines import Engines, InstrumentedPool, create_engines, engine_options
 from freightscale.db.errors import DatabaseUnavailableError, is_unavailable, unavailable_response
 from freightscale.db.middleware import DatabaseSessionMiddleware, close_session, get_session
+from freightscale.db.replicas import Replica, ReplicaSet
 from freightscale.db.routing import (
-    Replica,
-    ReplicaSet,
     RoutingAsyncSession,
     RoutingSession,
     RoutingState,

@@ -28,9 +28,11 @@ from opentelemetry.metrics import MeterProvider
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from freightscale.context import get_principal, scope_state
+from freightscale.db.budget import warn_if_over_budget
 from freightscale.db.engines import Engines, create_engines
 from freightscale.db.errors import OutageLog
-from freightscale.db.routing import ReplicaSet, RoutingAsyncSession, RoutingState
+from freightscale.db.replicas import ReplicaSet
+from freightscale.db.routing import RoutingAsyncSession, RoutingState
 from freightscale.settings.database import DatabaseSettings
 from freightscale.stores import MemoryStore, Store
 from freightscale.types import Scope
@@ -140,12 +142,26 @@ class Database:
         await self.engines.dispose()
 
     @contextlib.asynccontextmanager
-    async def lifespan(self) -> AsyncIterator[Database]:
-        """Run the checks for the block's duration, then close (for an app's lifespan)."""
+    async def lifespan(self, *, check_budget: bool = True) -> AsyncIterator[Database]:
+        """Run the replica checks for the block's duration, then close the pools.
+
+        With ``check_budget``, the connection-budget check runs in the
+        background (start-up does not wait for the servers) and logs one
+        warning per problem (:func:`~freightscale.db.budget.warn_if_over_budget`).
+        """
         self.start()
+        budget: asyncio.Task[object] | None = None
+        if check_budget:
+            budget = asyncio.get_running_loop().create_task(
+                warn_if_over_budget(self.settings), context=contextvars.Context()
+            )
         try:
             yield self
         finally:
+            if budget is not None and not budget.done():
+                budget.cancel()
+            if budget is not None:
+                await asyncio.gather(budget, return_exceptions=True)
             await self.aclose()
 
     def recheck_replicas_soon(self) -> None:

@@ -170,17 +170,19 @@ class _Responder:
     async def _send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.status = status = int(message["status"])
-            if status < 400:
+            if not self.session.in_transaction():
+                pass  # the handler did not touch the database (or settled it itself)
+            elif status < 400:
                 # Commit before the client can see success; a failure raises
                 # into the app, which unwinds to ``run``.
                 await self.session.commit()
-                await self.db.save_marker(self.scope, self.state)
             else:
                 try:
                     await self.session.rollback()
                 except Exception as exc:
                     logger.debug("rollback before an error response failed: %r", exc)
-                await self.db.save_marker(self.scope, self.state)
+            # Also after an error response: the handler may have committed itself.
+            await self.db.save_marker(self.scope, self.state)
             if status >= 500:
                 self.held = []
         if self.held is not None:
