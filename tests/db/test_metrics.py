@@ -85,3 +85,34 @@ async def test_replica_lag_and_health_gauges(
     assert "replica-1" not in lag
     assert all(a["db.role"] == "replica" for a, _ in metrics["freightscale.db.replica.healthy"])
     provider.shutdown()
+
+
+async def test_unavailable_counter(
+    database_url: str, make_database: Callable[..., Database], reader: InMemoryMetricReader
+) -> None:
+    import httpx
+
+    from freightscale.db import DatabaseSessionMiddleware, get_session
+
+    provider = MeterProvider(metric_readers=[reader])
+    db = make_database(
+        url=database_url, pool_size=1, max_overflow=0, pool_timeout=0.1, meter_provider=provider
+    )
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await get_session(scope).execute(text("SELECT 1"))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    wrapped = DatabaseSessionMiddleware(app, database=db)
+    transport = httpx.ASGITransport(wrapped)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        async with db.engines.primary.connect() as hog:
+            await hog.execute(text("SELECT 1"))
+            assert (await http.get("/")).status_code == 503
+        assert (await http.get("/")).status_code == 200
+    metrics = collect(reader)
+    assert ({"db.pool.name": "primary", "reason": "pool_timeout"}, 1) in metrics[
+        "freightscale.db.unavailable"
+    ]
+    provider.shutdown()

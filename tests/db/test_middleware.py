@@ -291,3 +291,17 @@ async def test_passes_lifespan_through_and_requires_the_middleware(
     assert seen == ["lifespan"]
     with pytest.raises(RuntimeError, match="DatabaseSessionMiddleware"):
         get_session({"type": "http"})
+
+
+async def test_a_non_database_500_is_passed_on_unchanged(
+    database_url: str, table: str, make_database: Callable[..., Database]
+) -> None:
+    db = make_database(url=database_url)
+    app = starlette_app(db)
+    transport = httpx.ASGITransport(app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        r = await http.post("/fail", params={"name": "plain-500"})
+    # Starlette's own 500 page: held back while we looked at the exception, then sent.
+    assert r.status_code == 500
+    assert r.text == "Internal Server Error"
+    assert await count(database_url, "plain-500") == 0

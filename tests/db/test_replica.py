@@ -11,6 +11,7 @@ import anyio
 import httpx
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, text
+from sqlalchemy.orm import registry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -30,6 +31,17 @@ items = Table(
 )
 
 IN_RECOVERY = text("SELECT pg_is_in_recovery()")
+
+
+class Item:
+    id: int
+    name: str
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+registry().map_imperatively(Item, items)
 
 
 class Clock:
@@ -103,6 +115,15 @@ async def test_reads_go_to_the_replica_and_writes_to_the_primary(
     async with db.session() as session:
         assert await session.scalar(select(items.c.id).limit(1).with_for_update()) is not None
         assert await session.scalar(IN_RECOVERY) is False  # FOR UPDATE made it sticky
+    async with db.session() as session:
+        # ORM: a replica read, then a flush goes to the primary and sticks.
+        assert await session.scalar(IN_RECOVERY) is True
+        session.add(Item("orm-1"))
+        await session.flush()
+        assert await session.scalar(IN_RECOVERY) is False
+        found = await session.scalar(select(Item).where(Item.name == "orm-1"))  # type: ignore[arg-type]
+        assert found is not None
+        await session.commit()
     async with db.session() as session:
         with primary():
             assert await session.scalar(IN_RECOVERY) is False
