@@ -142,7 +142,7 @@ class Database:
         await self.engines.dispose()
 
     @contextlib.asynccontextmanager
-    async def lifespan(self, *, check_budget: bool = True) -> AsyncIterator[Database]:
+    async def lifespan(self, *, check_budget: bool = True) -> AsyncIterator[None]:
         """Run the replica checks for the block's duration, then close the pools.
 
         With ``check_budget``, the connection-budget check runs in the
@@ -156,7 +156,7 @@ class Database:
                 warn_if_over_budget(self.settings), context=contextvars.Context()
             )
         try:
-            yield self
+            yield  # no state: usable as Starlette's ``lifespan=lambda app: db.lifespan()``
         finally:
             if budget is not None and not budget.done():
                 budget.cancel()
