@@ -1,8 +1,17 @@
-"""The ``store`` fixture: one contract, run over every backend."""
+"""The ``store`` fixture: one contract, run over every backend.
+
+Each backend is one entry of ``BACKENDS``: the (sync) service fixtures it
+needs, resolved outside the event loop, and an async context manager that
+opens a fresh, empty store from their values and closes it afterwards.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -22,10 +31,50 @@ class FakeClock:
         self.now += seconds
 
 
-@pytest.fixture(params=["memory"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+@dataclass(frozen=True)
+class Backend:
+    """How the ``store`` fixture opens one backend."""
+
+    fixtures: tuple[str, ...]
+    open: Callable[[dict[str, Any]], AbstractAsyncContextManager[Store]]
+
+
+@asynccontextmanager
+async def _memory(_services: dict[str, Any]) -> AsyncIterator[Store]:
+    mem = MemoryStore(max_entries=1000)
+    yield mem.with_namespace("test")
+    await mem.aclose()
+
+
+@asynccontextmanager
+async def _postgres(services: dict[str, Any]) -> AsyncIterator[Store]:
+    from freightscale.stores.postgres import PostgresStore
+
+    root = PostgresStore.from_url(services["database_url"], sweep_interval=None)
+    view = root.with_namespace(f"t{uuid.uuid4().hex[:12]}")
+    try:
+        yield view
+        await view.delete_all()
+    finally:
+        await root.aclose()
+
+
+BACKENDS: dict[str, Backend] = {
+    "memory": Backend((), _memory),
+    "postgres": Backend(("database_url",), _postgres),
+}
+
+
+@pytest.fixture(params=list(BACKENDS))
+def store_backend(request: pytest.FixtureRequest) -> tuple[Backend, dict[str, Any]]:
+    """The backend under test and its resolved service fixtures."""
+    backend = BACKENDS[request.param]
+    return backend, {name: request.getfixturevalue(name) for name in backend.fixtures}
+
+
+@pytest.fixture
+async def store(store_backend: tuple[Backend, dict[str, Any]]) -> AsyncIterator[Store]:
     """A fresh, empty store of each backend kind."""
-    if request.param == "memory":
-        mem = MemoryStore(max_entries=1000)
-        yield mem.with_namespace("test")
-        await mem.aclose()
+    backend, services = store_backend
+    async with backend.open(services) as opened:
+        yield opened
