@@ -374,6 +374,9 @@ async def test_statement_timeout_turns_a_lock_wait_into_unavailable(
                 await store.set("k", b"w")
             assert time.monotonic() - started < 3
             assert isinstance(caught.value.__cause__, sa.exc.DBAPIError)
+            assert "statement timeout" in str(caught.value)
+            assert "w'" not in str(caught.value)  # parameters stay out of messages
+            assert "INSERT" not in str(caught.value)
             await locker.rollback()
         await store.set("k", b"w")
         assert await pg.get("k") == b"w"

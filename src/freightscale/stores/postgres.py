@@ -106,7 +106,12 @@ def _translate(exc: BaseException, *, data_error: str | None = None) -> Exceptio
     if isinstance(exc, TimeoutError):
         message = "PostgreSQL did not answer in time"
     else:
-        message = f"PostgreSQL {'is unavailable' if unavailable else 'store error'}: {exc!r}"[:500]
+        # Name the driver's error, never SQLAlchemy's text: it carries the
+        # statement's parameters, i.e. the stored values.
+        orig = getattr(exc, "orig", None) or exc
+        name = type(orig.__cause__ or orig).__name__
+        status = "is unavailable" if unavailable else "store error"
+        message = f"PostgreSQL {status}: {name}: {orig}"[:300]
     return StoreUnavailableError(message) if unavailable else StoreError(message)
 
 
@@ -292,6 +297,7 @@ class PostgresStore:
         pool_size: int = 5,
         max_overflow: int = 5,
         pool_timeout: float = 5.0,
+        pool_pre_ping: bool = False,
         **options: Any,
     ) -> PostgresStore:
         """Return a store with its own engine for ``url`` (disposed by :meth:`aclose`).
@@ -307,6 +313,11 @@ class PostgresStore:
             pool_size: connections kept open.
             max_overflow: extra connections under load.
             pool_timeout: seconds to wait for a free pooled connection.
+            pool_pre_ping: test each connection as it leaves the pool. Off by
+                default: it costs three round trips per operation, and
+                without it a server restart fails one operation (as
+                ``StoreUnavailableError``) before the pool replaces its
+                connections.
             **options: passed to the constructor (``table``, ``namespace``, ...).
 
         Raises:
@@ -337,7 +348,7 @@ class PostgresStore:
             pool_size=pool_size,
             max_overflow=max_overflow,
             pool_timeout=pool_timeout,
-            pool_pre_ping=True,
+            pool_pre_ping=pool_pre_ping,
             pool_recycle=1800,
             connect_args={
                 "timeout": connect_timeout,
@@ -389,7 +400,7 @@ class PostgresStore:
         deadline: float | None = None,
         data_error: str | None = None,
     ) -> AsyncIterator[AsyncConnection]:
-        """Yield a connection in a transaction; translate every driver error.
+        """Yield a connection for one statement; translate every driver error.
 
         Args:
             schema: create the table first if not done yet: "auto" only when
@@ -406,12 +417,19 @@ class PostgresStore:
                 wanted = schema == "always" or (schema == "auto" and shared.auto_create)
                 if wanted and not shared.schema_ready:
                     await self._create_schema(shared)
-                async with shared.engine.begin() as conn:
-                    if shared.statement_timeout_ms is not None:
-                        await conn.execute(
-                            text(f"SET LOCAL statement_timeout = {shared.statement_timeout_ms:d}")
-                        )
-                    yield conn
+                async with shared.engine.connect() as conn:
+                    if shared.statement_timeout_ms is None:
+                        # Every operation is one statement: autocommit saves
+                        # the BEGIN and COMMIT round trips.
+                        yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    else:
+                        async with conn.begin():
+                            await conn.execute(
+                                text(
+                                    f"SET LOCAL statement_timeout = {shared.statement_timeout_ms:d}"
+                                )
+                            )
+                            yield conn
         except Exception as exc:
             if _is_driver_error(exc):
                 raise _translate(exc, data_error=data_error) from exc
