@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
 import socket
+import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -430,5 +434,88 @@ async def test_silent_server_fails_within_the_timeouts(black_hole: int) -> None:
         with pytest.raises(StoreUnavailableError):
             await store.get("k")
         assert time.monotonic() - started < 2.0
+    finally:
+        await store.aclose()
+
+
+# -- a server restart (our own PostgreSQL, never the shared one) ---------------------------------
+
+PG_BIN = "/usr/lib/postgresql/15/bin"
+
+
+class _OwnPostgres:
+    """A throwaway PostgreSQL cluster on a free loopback port, run as ``postgres``."""
+
+    def __init__(self, root: str) -> None:
+        self.data = os.path.join(root, "data")
+        self.log = os.path.join(root, "server.log")
+        self.root = root
+        self.port = free_port()
+
+    def _as_postgres(self, *args: str) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else list(args)
+
+    def ctl(self, action: str) -> list[str]:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        return self._as_postgres(
+            f"{PG_BIN}/pg_ctl", "-D", self.data, "-l", self.log, "-o", options, "-w", "-m", "fast",
+            action,
+        )  # fmt: skip
+
+    def init(self) -> list[str]:
+        return self._as_postgres(
+            f"{PG_BIN}/initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync"
+        )
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[_OwnPostgres]:
+    # Not under pytest's tmp_path: its parents are private to root.
+    root = tempfile.mkdtemp(prefix="fstest-pg-")
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+    server = _OwnPostgres(root)
+    try:
+        subprocess.run(server.init(), check=True, capture_output=True, timeout=60)
+        subprocess.run(server.ctl("start"), check=True, capture_output=True, timeout=60)
+        yield server
+    finally:
+        subprocess.run(server.ctl("stop"), capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _run(command: list[str]) -> None:
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    assert await asyncio.wait_for(process.wait(), 60) == 0
+
+
+@pytest.mark.slow
+async def test_recovers_by_itself_after_a_server_restart(own_postgres: _OwnPostgres) -> None:
+    store = PostgresStore.from_url(
+        f"postgresql://postgres@127.0.0.1:{own_postgres.port}/postgres",
+        sweep_interval=0.05,
+        connect_timeout=2,
+    )
+    try:
+        await asyncio.gather(*(store.set(f"k{i}", b"v") for i in range(5)))  # fill the pool
+        await _run(own_postgres.ctl("stop"))
+        with pytest.raises(StoreUnavailableError):
+            await store.get("k0")
+        with pytest.raises(StoreUnavailableError):
+            await store.check()
+        await asyncio.sleep(0.2)  # the sweeper meets the outage too, and survives it
+        await _run(own_postgres.ctl("start"))
+        outcomes = []
+        for _ in range(3):  # at most one stale pooled connection may fail first
+            try:
+                outcomes.append(await store.get("k0"))
+            except StoreUnavailableError:
+                outcomes.append(None)
+        assert outcomes[-2:] == [b"v", b"v"]
+        await store.check()
+        (sweeper,) = _sweeper_tasks()
+        assert not sweeper.done()
     finally:
         await store.aclose()
