@@ -273,6 +273,19 @@ async def test_sweep_removes_thousands_of_expired_rows_in_batches(pg: PostgresSt
     assert await pg.sweep_expired() == 0
 
 
+async def test_concurrent_sweepers_share_the_work(pg: PostgresStore, database_url: str) -> None:
+    await _fill(pg, expired=3000, live=20, forever=0)
+    other = PostgresStore.from_url(database_url, table=pg.table.name, sweep_interval=None)
+    try:
+        counts = await asyncio.gather(
+            pg.sweep_expired(batch_size=200), other.sweep_expired(batch_size=200)
+        )
+    finally:
+        await other.aclose()
+    assert sum(counts) == 3000
+    assert (await _sql(pg, "SELECT count(*) FROM {t}"))[0][0] == 20
+
+
 async def test_sweep_skips_rows_locked_by_others_instead_of_waiting(pg: PostgresStore) -> None:
     await _fill(pg, expired=300, live=0, forever=0)
     async with pg.engine.connect() as locker:
@@ -384,6 +397,21 @@ async def test_statement_timeout_turns_a_lock_wait_into_unavailable(
             await locker.rollback()
         await store.set("k", b"w")
         assert await pg.get("k") == b"w"
+    finally:
+        await store.aclose()
+
+
+async def test_pool_timeout_is_unavailable(database_url: str) -> None:
+    store = PostgresStore.from_url(
+        database_url, pool_size=1, max_overflow=0, pool_timeout=0.2, sweep_interval=None
+    )
+    try:
+        await store.check()
+        async with store.engine.connect():  # the pool's only connection
+            with pytest.raises(StoreUnavailableError) as caught:
+                await store.check()
+            assert isinstance(caught.value.__cause__, sa.exc.TimeoutError)
+        await store.check()
     finally:
         await store.aclose()
 
