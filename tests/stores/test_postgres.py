@@ -416,6 +416,34 @@ async def test_pool_timeout_is_unavailable(database_url: str) -> None:
         await store.aclose()
 
 
+async def test_a_cancelled_operation_leaves_the_pool_usable(
+    pg: PostgresStore, database_url: str
+) -> None:
+    await pg.set("k", b"v")
+    store = PostgresStore.from_url(
+        database_url, table=pg.table.name, pool_size=1, max_overflow=0, sweep_interval=None
+    )
+    try:
+        async with pg.engine.connect() as locker:
+            await locker.execute(
+                sa.text(f"SELECT 1 FROM {pg.table.name} WHERE key = 'k' FOR UPDATE")
+            )
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):  # the caller gives up mid-statement
+                    await store.set("k", b"w")
+            await locker.rollback()
+        async with asyncio.timeout(5):
+            await store.set("k", b"x")
+            assert await store.get("k") == b"x"
+    finally:
+        await store.aclose()
+
+
+async def test_sweep_batch_size_is_checked(pg: PostgresStore) -> None:
+    with pytest.raises(ConfigurationError, match="batch_size"):
+        await pg.sweep_expired(batch_size=0)
+
+
 async def test_closed_port_is_unavailable_not_a_driver_error() -> None:
     store = PostgresStore.from_url(
         f"postgresql://postgres@127.0.0.1:{free_port()}/x", check_timeout=1.0

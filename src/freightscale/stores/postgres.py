@@ -556,7 +556,7 @@ class PostgresStore:
         transactions hold locked, so the sweep never waits on a lock or
         holds many. It stops when a batch comes back short.
         """
-        batch = batch_size or self._shared.sweep_batch_size
+        batch = self._shared.sweep_batch_size if batch_size is None else batch_size
         _check_range("batch_size", batch, 1, 100_000)
         total = 0
         while True:
@@ -589,7 +589,7 @@ class PostgresStore:
             await asyncio.sleep(interval)
             try:
                 await self.sweep_expired()
-            except StoreError as exc:
+            except Exception as exc:  # the task must outlive any failure
                 if not failing:  # one log line per outage, not per round
                     _log.warning("PostgresStore expiry sweep failed, will retry: %s", exc)
                 failing = True
@@ -610,7 +610,11 @@ class PostgresStore:
         task, shared.sweeper = shared.sweeper, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # aclose() itself was cancelled: do not swallow that
         if shared.owns_engine:
             await shared.engine.dispose()
