@@ -28,7 +28,7 @@ from freightscale.exceptions import (
     StoreError,
     StoreUnavailableError,
 )
-from freightscale.stores import store_from_url
+from freightscale.stores import Store, store_from_url
 from freightscale.stores.postgres import PostgresStore
 from tests.conftest import free_port
 
@@ -345,6 +345,7 @@ async def test_shared_engine_is_not_disposed_and_views_share_it(database_url: st
     store = PostgresStore(engine, table=_table_name(), sweep_interval=None)
     try:
         view = store.with_namespace("a")
+        assert isinstance(store, Store)
         assert isinstance(view, PostgresStore)
         assert view.engine is engine
         await view.set("k", b"v")
