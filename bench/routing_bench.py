@@ -75,7 +75,7 @@ async def main() -> None:
         "404": "/api/v2/unknown",
     }
     print(f"$ python {' '.join(sys.argv)}")
-    print(f"{args.routes} routes, {args.requests} requests per round, {args.rounds} rounds (A B A B)")
+    print(f"{args.routes} routes, {args.requests} requests/round, {args.rounds} rounds (A B A B)")
     for case, path in cases.items():
         for app in apps.values():  # warm up (the indexed router's memo included)
             await drive(app, path, 200)
@@ -86,7 +86,8 @@ async def main() -> None:
         base = statistics.median(rates["starlette"])
         for name in apps:
             median = statistics.median(rates[name])
-            print(f"  {case:10s} {name:10s} {median:10.0f} req/s   x{median / base:5.2f} vs starlette")
+            ratio = median / base
+            print(f"  {case:10s} {name:10s} {median:10.0f} req/s   x{ratio:5.2f} vs starlette")
 
 
 if __name__ == "__main__":
