@@ -22,7 +22,12 @@ async def test_thousand_concurrent_requests_stay_within_the_pool(
     database_url: str, make_database: Callable[..., Database], app_name: str
 ) -> None:
     db = make_database(
-        url=database_url, pool_size=10, max_overflow=5, pool_timeout=20, application_name=app_name
+        url=database_url,
+        pool_size=10,
+        max_overflow=5,
+        pool_timeout=20,
+        connect_timeout=15,  # a saturated 2-core machine can be slow to connect
+        application_name=app_name,
     )
 
     async def handler(request: Request) -> JSONResponse:
@@ -37,46 +42,48 @@ async def test_thousand_concurrent_requests_stay_within_the_pool(
     samples: list[int] = []
     running = True
 
+    # Connected before the load starts: 1000 new tasks can starve the loop.
+    sampler = await asyncpg.connect(
+        database_url.replace("postgresql+asyncpg://", "postgresql://"), timeout=15
+    )
+
     async def sample() -> None:
-        conn = await asyncpg.connect(
-            database_url.replace("postgresql+asyncpg://", "postgresql://"), timeout=5
-        )
-        try:
-            while running:
-                samples.append(
-                    await conn.fetchval(
-                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-                        app_name,
-                    )
+        while running:
+            samples.append(
+                await sampler.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                    app_name,
                 )
-                await anyio.sleep(0.02)
-        finally:
-            await conn.close()
+            )
+            await anyio.sleep(0.02)
 
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app), base_url="http://test", limits=limits
-    ) as http:
+    try:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://test", limits=limits
+        ) as http:
 
-        async def one() -> None:
-            r = await http.get("/")
-            statuses.append(r.status_code)
-            if r.status_code == 200:
-                bodies.append(r.json())
-            else:
-                assert r.status_code == 503, r.text
-                assert r.headers["content-type"] == "application/problem+json"
-                assert r.headers["retry-after"]
+            async def one() -> None:
+                r = await http.get("/")
+                statuses.append(r.status_code)
+                if r.status_code == 200:
+                    bodies.append(r.json())
+                else:
+                    assert r.status_code == 503, r.text
+                    assert r.headers["content-type"] == "application/problem+json"
+                    assert r.headers["retry-after"]
 
-        started = time.monotonic()
-        with anyio.fail_after(30):
-            async with anyio.create_task_group() as outer:
-                outer.start_soon(sample)
-                async with anyio.create_task_group() as tg:
-                    for _ in range(1000):
-                        tg.start_soon(one)
-                running = False
-        elapsed = time.monotonic() - started
+            started = time.monotonic()
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as outer:
+                    outer.start_soon(sample)
+                    async with anyio.create_task_group() as tg:
+                        for _ in range(1000):
+                            tg.start_soon(one)
+                    running = False
+            elapsed = time.monotonic() - started
+    finally:
+        await sampler.close()
 
     assert len(statuses) == 1000
     assert set(statuses) <= {200, 503}
