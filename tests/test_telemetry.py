@@ -36,7 +36,7 @@ from freightscale.telemetry import (
     get_up_down_counter,
 )
 from freightscale.types import Message, Receive, Scope, Send
-from tests.asgi import LifespanDriver, http_scope, request, websocket_session
+from tests.helpers import LifespanDriver, http_scope, request, websocket_session
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
 

@@ -23,7 +23,13 @@ from freightscale.context import get_request_id, scope_state
 from freightscale.exceptions import FreightScaleError, RateLimitExceeded
 from freightscale.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["PROBLEM_CONTENT_TYPE", "ErrorMiddleware", "ProblemResponse", "problem_response"]
+__all__ = [
+    "PROBLEM_CONTENT_TYPE",
+    "ErrorMiddleware",
+    "ProblemResponse",
+    "exception_handlers",
+    "problem_response",
+]
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
@@ -149,3 +155,28 @@ class ErrorMiddleware:
                 extra = {"traceback": traceback.format_exception(exc)}
             response = problem_response(500, detail=detail, instance=scope.get("path"), extra=extra)
             await response(scope, receive, send)
+
+
+async def _handle_freightscale_error(request: Any, exc: Exception) -> Response:
+    assert isinstance(exc, FreightScaleError)
+    if exc.status_code >= 500:
+        logger.warning("request %s failed: %r", get_request_id(), exc)
+    return problem_for_exception(exc, request.scope)
+
+
+async def _handle_unexpected_error(request: Any, exc: Exception) -> Response:
+    # Starlette's ServerErrorMiddleware sends this, then re-raises, and
+    # ErrorMiddleware (outside the app) logs the exception once.
+    return problem_response(500, instance=request.scope.get("path"))
+
+
+def exception_handlers() -> dict[Any, Any]:
+    """Return Starlette/FastAPI exception handlers that answer with problem+json.
+
+    Starlette turns every exception into its own plain-text 500 *inside* the
+    app, before an outer :class:`ErrorMiddleware` can see it. Pass these
+    (``Starlette(exception_handlers=exception_handlers())``), or let
+    ``build_stack`` install them, so a ``PermissionDenied`` becomes a 403
+    problem and a crash a 500 problem there too.
+    """
+    return {FreightScaleError: _handle_freightscale_error, Exception: _handle_unexpected_error}

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from freightscale.context import scope_state
-from freightscale.errors import ErrorMiddleware
+from freightscale.errors import ErrorMiddleware, exception_handlers
 from freightscale.exceptions import FreightScaleError
 from freightscale.health import CheckFunction, HealthApp, redis_check
 from freightscale.settings import FreightScaleSettings
@@ -112,6 +112,19 @@ def _without_credentials(url: str) -> str:
 
 async def _close_redis(client: RedisClient) -> None:
     await client.aclose()
+
+
+def _errors(app: ASGIApp, stack: Stack) -> ASGIApp:
+    # Starlette/FastAPI answer exceptions inside the app with a plain-text
+    # 500; give them problem+json handlers (unless the app has its own).
+    handlers = getattr(app, "exception_handlers", None)
+    if isinstance(handlers, dict) and hasattr(app, "middleware_stack"):
+        ours = exception_handlers()
+        handlers.setdefault(FreightScaleError, ours[FreightScaleError])
+        if 500 not in handlers and Exception not in handlers:
+            handlers[Exception] = ours[Exception]
+        app.middleware_stack = None  # rebuilt with the handlers on the next call
+    return ErrorMiddleware(app, debug=stack.settings.debug)
 
 
 RESOURCES: tuple[Resource, ...] = (

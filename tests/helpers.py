@@ -1,16 +1,25 @@
-"""Tiny raw-ASGI drivers for what an HTTP client cannot send or observe.
+"""Test helpers: raw-ASGI drivers and a free port.
 
-httpx refuses hostile header bytes and never sends lifespan events; these
-helpers call an ASGI app directly with hand-built scopes.
+httpx refuses hostile header bytes and never sends lifespan events; the
+drivers here call an ASGI app directly with hand-built scopes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
 from freightscale.types import ASGIApp, Message
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def http_scope(
