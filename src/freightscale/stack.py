@@ -135,9 +135,7 @@ RESOURCES: tuple[Resource, ...] = (
 
 COMPONENTS: tuple[Component, ...] = (
     # 1. telemetry and the health endpoints are placed by build_stack itself (outermost).
-    Component(
-        "errors", lambda s: True, lambda app, st: ErrorMiddleware(app, debug=st.settings.debug)
-    ),
+    Component("errors", lambda s: True, _errors),
     # 3. per-IP rate limit           Component("ratelimit.ip", lambda s: s.ratelimit.enabled, …)
     # 4. authentication + tenant     Component("auth", lambda s: s.auth.enabled, …)
     # 5. per-user/tenant rate limit  Component("ratelimit.user", lambda s: s.ratelimit.enabled, …)
@@ -337,7 +335,7 @@ class _InnerLifespan:
         self._scope = scope
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
         self._outbox: asyncio.Queue[Message] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Future[None] | None = None
         self._supported = True
 
     async def send_and_wait(self, event: str) -> str | None:
@@ -345,7 +343,7 @@ class _InnerLifespan:
         if not self._supported:
             return None
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
+            self._task = asyncio.ensure_future(
                 self._app(self._scope, self._inbox.get, self._outbox.put)
             )
             self._task.add_done_callback(_retrieve)
@@ -368,7 +366,7 @@ class _InnerLifespan:
         return repr(error) if error is not None else None
 
 
-def _retrieve(task: asyncio.Task[None]) -> None:
+def _retrieve(task: asyncio.Future[None]) -> None:
     # The error (if any) is reported through the lifespan messages; this only
     # keeps asyncio from logging "exception was never retrieved".
     if not task.cancelled():
