@@ -1,0 +1,86 @@
+"""End to end: the FreightOps seed under a real uvicorn in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FREIGHTSCALE_")}
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT / "src"), str(ROOT), env.get("PYTHONPATH", "")) if p
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "examples.freightops", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        assert base in first, first
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"server did not come up: {process.stdout.read()}")
+            time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def test_health_endpoints(server: str) -> None:
+    live = httpx.get(f"{server}/healthz", timeout=5)
+    ready = httpx.get(f"{server}/readyz", timeout=5)
+    assert live.status_code == 200
+    assert live.headers["content-type"] == "application/health+json"
+    assert live.json() == {"status": "pass"}
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "pass"
+
+
+def test_status_route(server: str) -> None:
+    response = httpx.get(f"{server}/api/v1/status", headers={"X-Request-ID": "e2e-1"}, timeout=5)
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == "e2e-1"
+    body = response.json()
+    assert body["service"] == "freightops"
+    assert body["request_id"] == "e2e-1"
+    assert body["redis"] == "embedded (memory)"
+    assert body["components"] == ["telemetry", "health", "errors"]
+
+
+def test_unknown_route_is_a_plain_404(server: str) -> None:
+    response = httpx.get(f"{server}/nope", timeout=5)
+    assert response.status_code == 404
+    assert "x-request-id" in response.headers
