@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import Any
 
 import httpx
@@ -229,9 +230,20 @@ async def test_no_sdk_means_no_span() -> None:
 
     middleware = TelemetryMiddleware(app)
     assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
-    assert not middleware._tracing_active()
+    assert not middleware._tracing_active(time.perf_counter())
     await request(middleware, http_scope())
     assert not spans[0].get_span_context().is_valid
+
+
+def test_an_sdk_installed_later_is_noticed_within_a_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    middleware = TelemetryMiddleware(echo_id)
+    assert not middleware._tracing_active(100.0)
+    monkeypatch.setattr(trace, "get_tracer_provider", TracerProvider)
+    assert not middleware._tracing_active(100.5)  # not looked up again yet
+    assert middleware._tracing_active(101.5)
+    assert middleware._tracing_active(101.6)
 
 
 async def test_span_per_request_with_route_status_and_parent() -> None:

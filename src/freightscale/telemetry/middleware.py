@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
+import random
 import re
 import time
 from collections.abc import Callable
@@ -12,7 +12,7 @@ from typing import Any
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from freightscale.context import bind_request_id, get_request_id
+from freightscale.context import _request_id, bind_request_id, get_request_id, scope_state
 from freightscale.settings.telemetry import TelemetrySettings
 from freightscale.telemetry.instruments import METRICS, get_histogram, get_tracer
 from freightscale.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,15 +20,24 @@ from freightscale.types import ASGIApp, Message, Receive, Scope, Send
 __all__ = ["RequestIdLogFilter", "TelemetryMiddleware", "generate_request_id"]
 
 _DURATION = "freightscale.http.request.duration"
+# How often to look again for an SDK tracer provider while there is none.
+_PROVIDER_RECHECK = 1.0
 # Method label values are bounded (a client can send any token as a method).
 _METHODS = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 )
 
 
+_randbits = random.getrandbits
+
+
 def generate_request_id() -> str:
-    """Return a fresh request id: 32 random hex characters (as long as a uuid4's hex)."""
-    return os.urandom(16).hex()
+    """Return a fresh request id: 32 random hex characters (as long as a uuid4's hex).
+
+    Ids correlate logs; they are not secrets, so the fast non-cryptographic
+    generator (reseeded in every forked worker) is enough.
+    """
+    return _randbits(128).to_bytes(16).hex()
 
 
 class RequestIdLogFilter(logging.Filter):
@@ -86,6 +95,8 @@ class TelemetryMiddleware:
         self._tracing = settings.tracing
         self._own_tracer = tracer is not None
         self._tracer = tracer or get_tracer()
+        self._sdk_seen = False
+        self._next_provider_check = 0.0
         self._duration: metrics.Histogram | None = None
         if settings.metrics:
             if meter is None:
@@ -104,12 +115,19 @@ class TelemetryMiddleware:
                 return None
         return None
 
-    def _tracing_active(self) -> bool:
+    def _tracing_active(self, now: float) -> bool:
         if not self._tracing:
             return False
-        if self._own_tracer:
+        if self._own_tracer or self._sdk_seen:
             return True
-        return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+        # Without an SDK the API's provider is a proxy: skip the span entirely.
+        # Looking that up costs more than the rest of the middleware, so it is
+        # done at most once a second (an SDK installed later is seen within 1 s).
+        if now < self._next_provider_check:
+            return False
+        self._next_provider_check = now + _PROVIDER_RECHECK
+        self._sdk_seen = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+        return self._sdk_seen
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope_type = scope["type"]
@@ -134,13 +152,16 @@ class TelemetryMiddleware:
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
+        # What bind_request_id() does, without a generator on the hot path.
+        scope_state(scope)["request_id"] = request_id
+        token = _request_id.set(request_id)
         try:
-            with bind_request_id(request_id, scope):
-                if self._tracing_active():
-                    await self._traced(scope, receive, send_with_id, lambda: status)
-                else:
-                    await self.app(scope, receive, send_with_id)
+            if self._tracing_active(start):
+                await self._traced(scope, receive, send_with_id, lambda: status)
+            else:
+                await self.app(scope, receive, send_with_id)
         finally:
+            _request_id.reset(token)
             if self._duration is not None:
                 method = scope.get("method", "GET")
                 self._duration.record(
