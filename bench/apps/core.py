@@ -9,6 +9,7 @@ from starlette.routing import Route
 
 from freightscale.settings import FreightScaleSettings
 from freightscale.stack import build_stack
+from freightscale.telemetry import TelemetryMiddleware
 
 PATH = "/json"
 """The path wrk requests."""
@@ -34,8 +35,12 @@ stack_off = build_stack(
 # Telemetry on (request id, span, duration histogram) with no OpenTelemetry SDK.
 stack_telemetry = build_stack(make_app(), FreightScaleSettings())
 
+# Just the telemetry middleware around the bare app (no SDK): its cost alone.
+telemetry_only = TelemetryMiddleware(make_app())
+
 VARIANTS = {
     "bare": "bare",
+    "telemetry-only": "telemetry_only",
     "stack-off": "stack_off",
     "stack-telemetry": "stack_telemetry",
 }
