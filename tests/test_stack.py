@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import time
 from typing import Any
@@ -111,6 +112,21 @@ async def test_a_component_is_one_entry_and_health_stays_outside_it(
         assert (await c.get("/readyz")).status_code == 200
     off = build_stack(starlette_app(), settings(auth={"enabled": False}))
     assert "deny" not in off.components
+
+
+async def test_decompression_is_one_setting_away() -> None:
+    async def echo(request: Request) -> JSONResponse:
+        return JSONResponse({"body": (await request.body()).decode()})
+
+    inner = Starlette(routes=[Route("/echo", echo, methods=["POST"])])
+    app = build_stack(inner, settings(decompression={"enabled": True}))
+    assert app.components == ("telemetry", "health", "errors", "decompression")
+    async with client(app) as c:
+        response = await c.post(
+            "/echo", content=gzip.compress(b"hello"), headers={"Content-Encoding": "gzip"}
+        )
+    assert response.json() == {"body": "hello"}
+    assert "decompression" not in build_stack(inner, settings()).components
 
 
 async def test_custom_health_paths_and_checks() -> None:

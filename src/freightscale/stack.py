@@ -8,6 +8,7 @@ Request path, outermost first (DESIGN.md explains why)::
     3 per-IP rate limit                      (not yet)
     4 authentication + tenant context        (not yet)
     5 per-user/tenant rate limit             (not yet)
+    5b request decompression                 RequestDecompressionMiddleware
     6 response cache                         (not yet)
     7 compression                            (not yet)
     8 sessions                               (not yet)
@@ -127,6 +128,12 @@ def _errors(app: ASGIApp, stack: Stack) -> ASGIApp:
     return ErrorMiddleware(app, debug=stack.settings.debug)
 
 
+def _decompression(app: ASGIApp, stack: Stack) -> ASGIApp:
+    from freightscale.decompression import RequestDecompressionMiddleware
+
+    return RequestDecompressionMiddleware(app, stack.settings.decompression)
+
+
 RESOURCES: tuple[Resource, ...] = (
     Resource("redis", lambda s: s.redis.enabled, _open_redis, _close_redis, redis_check),
     # database: the db layer adds its engines here (check: health.engine_check).
@@ -139,6 +146,9 @@ COMPONENTS: tuple[Component, ...] = (
     # 3. per-IP rate limit           Component("ratelimit.ip", lambda s: s.ratelimit.enabled, …)
     # 4. authentication + tenant     Component("auth", lambda s: s.auth.enabled, …)
     # 5. per-user/tenant rate limit  Component("ratelimit.user", lambda s: s.ratelimit.enabled, …)
+    # Request bodies are inflated lazily (only as the app reads them) and only
+    # for requests that got past the limits and authentication above.
+    Component("decompression", lambda s: s.decompression.enabled, _decompression),
     # 6. response cache              Component("cache", lambda s: s.cache.enabled, …)
     # 7. compression                 Component("compression", lambda s: s.compression.enabled, …)
     # 8. sessions                    Component("sessions", lambda s: s.sessions.enabled, …)
