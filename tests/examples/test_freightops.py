@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -17,13 +18,15 @@ from tests.helpers import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
+@contextmanager
+def running_example(**env_overrides: str) -> Iterator[str]:
+    """Run ``python -m examples.freightops`` on a free port; yield its base URL."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FREIGHTSCALE_")}
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT / "src"), str(ROOT), env.get("PYTHONPATH", "")) if p
     )
+    env.update(env_overrides)
     process = subprocess.Popen(
         [sys.executable, "-m", "examples.freightops", "--port", str(port)],
         cwd=ROOT,
@@ -59,6 +62,12 @@ def server() -> Iterator[str]:
             process.stdout.close()
 
 
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    with running_example() as base:
+        yield base
+
+
 def test_health_endpoints(server: str) -> None:
     live = httpx.get(f"{server}/healthz", timeout=5)
     ready = httpx.get(f"{server}/readyz", timeout=5)
@@ -84,3 +93,22 @@ def test_unknown_route_is_a_plain_404(server: str) -> None:
     response = httpx.get(f"{server}/nope", timeout=5)
     assert response.status_code == 404
     assert "x-request-id" in response.headers
+
+
+def test_unreachable_redis_starts_and_reports_not_ready() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    start = time.monotonic()
+    with running_example(
+        FREIGHTSCALE_REDIS__URL=url,
+        FREIGHTSCALE_REDIS__CONNECT_TIMEOUT="0.5",
+        FREIGHTSCALE_HEALTH__CHECK_TIMEOUT="1",
+    ) as base:
+        assert time.monotonic() - start < 15
+        live = httpx.get(f"{base}/healthz", timeout=5)
+        ready = httpx.get(f"{base}/readyz", timeout=5)
+        status = httpx.get(f"{base}/api/v1/status", timeout=5)
+    assert live.status_code == 200
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["redis:responseTime"][0]["status"] == "fail"
+    assert status.status_code == 200
+    assert status.json()["redis"] == "configured"
