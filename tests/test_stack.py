@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-import freightscale.stack as stack_module
+import freightscale.stack.layers as stack_module
 from freightscale.context import get_request_id
 from freightscale.errors import PROBLEM_CONTENT_TYPE, problem_response
 from freightscale.exceptions import PermissionDenied
