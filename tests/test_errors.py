@@ -232,3 +232,26 @@ async def test_starlette_without_handlers_answers_its_own_plain_500() -> None:
     response = await request(app, http_scope("/denied"))
     assert response.status == 500
     assert response.header("content-type") != PROBLEM_CONTENT_TYPE
+
+
+async def test_unhandled_errors_are_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    import freightscale.errors as errors_module
+
+    reader = InMemoryMetricReader()
+    counter = MeterProvider(metric_readers=[reader]).get_meter("t").create_counter("c")
+    monkeypatch.setattr(errors_module, "_unhandled", lambda: counter)
+    await request(ErrorMiddleware(raising(KeyError("k"))), http_scope())
+    await request(ErrorMiddleware(raising(PermissionDenied())), http_scope())  # not counted
+    data = reader.get_metrics_data()
+    assert data is not None
+    points = [
+        point
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        for point in metric.data.data_points
+    ]
+    assert [(p.attributes["error.type"], p.value) for p in points] == [("KeyError", 1)]

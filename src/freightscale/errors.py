@@ -14,14 +14,18 @@ import logging
 import traceback
 from collections.abc import Mapping
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.responses import Response
 
 from freightscale.context import get_request_id, scope_state
 from freightscale.exceptions import FreightScaleError, RateLimitExceeded
 from freightscale.responses import json_dumps
+from freightscale.telemetry import get_counter
 from freightscale.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import Counter
 
 __all__ = [
     "PROBLEM_CONTENT_TYPE",
@@ -99,6 +103,10 @@ def problem_for_exception(exc: FreightScaleError, scope: Scope) -> ProblemRespon
     )
 
 
+def _unhandled() -> Counter:
+    return get_counter("freightscale.errors.unhandled")
+
+
 def _phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
@@ -145,6 +153,7 @@ class ErrorMiddleware:
                 await problem_for_exception(exc, scope)(scope, receive, send)
         except Exception as exc:
             logger.exception("unhandled error in request %s", get_request_id())
+            _unhandled().add(1, {"error.type": type(exc).__qualname__})
             scope_state(scope)["error"] = exc
             if started:
                 return
