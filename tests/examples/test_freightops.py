@@ -19,16 +19,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextmanager
-def running_example(**env_overrides: str) -> Iterator[str]:
-    """Run ``python -m examples.freightops`` on a free port; yield its base URL."""
+def running_example(*command: str, **env_overrides: str) -> Iterator[str]:
+    """Run ``python -m examples.freightops`` (or ``command``) on a free port; yield its URL."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FREIGHTSCALE_")}
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT / "src"), str(ROOT), env.get("PYTHONPATH", "")) if p
     )
     env.update(env_overrides)
+    argv = [sys.executable, *(command or ("-m", "examples.freightops")), "--port", str(port)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "examples.freightops", "--port", str(port)],
+        argv,
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -38,8 +39,9 @@ def running_example(**env_overrides: str) -> Iterator[str]:
     base = f"http://127.0.0.1:{port}"
     try:
         assert process.stdout is not None
-        first = process.stdout.readline()
-        assert base in first, first
+        if not command:
+            first = process.stdout.readline()
+            assert base in first, first
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -111,4 +113,21 @@ def test_unreachable_redis_starts_and_reports_not_ready() -> None:
     assert ready.status_code == 503
     assert ready.json()["checks"]["redis:responseTime"][0]["status"] == "fail"
     assert status.status_code == 200
+    assert status.json()["redis"] == "configured"
+
+
+def test_without_lifespan_redis_opens_on_the_first_request(
+    redis_url: str, redis_prefix: str
+) -> None:
+    # uvicorn --lifespan off: the stack opens the Redis client lazily.
+    command = ("-m", "uvicorn", "examples.freightops.app:app", "--lifespan", "off")
+    with running_example(
+        *command,
+        FREIGHTSCALE_REDIS__URL=redis_url,
+        FREIGHTSCALE_REDIS__KEY_PREFIX=redis_prefix,
+    ) as base:
+        ready = httpx.get(f"{base}/readyz", timeout=5)
+        status = httpx.get(f"{base}/api/v1/status", timeout=5)
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["redis:responseTime"][0]["status"] == "pass"
     assert status.json()["redis"] == "configured"
