@@ -216,3 +216,47 @@ async def test_store_lost_between_load_and_write(
             assert response.headers["content-type"] == PROBLEM_CONTENT_TYPE
         durable_redis.start()
         assert (await c.get("/get")).json()["data"] == {"user": "alice"}
+
+
+async def test_metrics_count_loads_saves_outages_and_fallbacks(
+    durable_redis: RedisServer, closing: list[SessionMiddleware], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    import freightscale.sessions.middleware as middleware_module
+
+    reader = InMemoryMetricReader()
+    meter = MeterProvider(metric_readers=[reader]).get_meter("test")
+    for name in ("_loads", "_saves", "_outages", "_fallbacks"):
+        monkeypatch.setattr(middleware_module, name, meter.create_counter(name.strip("_")))
+
+    app = make_app(durable_redis.url, fail_mode="open")
+    closing.append(app)
+    admin = redis.Redis.from_url(durable_redis.url)
+    async with client(app) as c:
+        await c.get("/set?user=alice")  # saved
+        await c.get("/get")  # hit
+        sid = c.cookies["fs_session"].split(".")[0]
+        admin.set(f"fs:session:{sid}", b"{not json")
+        await c.get("/get")  # invalid (and the cookie is expired)
+        await c.get("/set?user=bob")  # saved: a fresh session
+        durable_redis.stop()
+        await c.get("/get")  # error + fallback + one outage
+        await c.get("/get")  # error + fallback, same outage
+        durable_redis.start()
+    admin.close()
+    data = reader.get_metrics_data()
+    assert data is not None
+    seen: dict[tuple[str, tuple[tuple[str, Any], ...]], int] = {}
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                for point in metric.data.data_points:
+                    seen[(metric.name, tuple(sorted(point.attributes.items())))] = point.value
+    assert seen[("saves", (("result", "saved"),))] == 2
+    assert seen[("loads", (("result", "hit"),))] == 1
+    assert seen[("loads", (("result", "invalid"),))] == 1
+    assert seen[("loads", (("result", "error"),))] == 2
+    assert seen[("fallbacks", (("component", "sessions"), ("policy", "open")))] == 2
+    assert seen[("outages", (("component", "sessions"), ("service", "redis")))] == 1

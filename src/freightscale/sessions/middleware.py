@@ -18,7 +18,6 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from cachetools import TTLCache
-from opentelemetry import metrics
 
 from freightscale.context import scope_state
 from freightscale.errors import problem_response
@@ -40,6 +39,7 @@ from freightscale.sessions.session import (
     merge_changes,
 )
 from freightscale.settings.sessions import SessionSettings
+from freightscale.telemetry import get_counter
 from freightscale.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -50,16 +50,11 @@ __all__ = ["LEGACY_PREFIX", "SessionMiddleware"]
 
 T = TypeVar("T")
 logger = logging.getLogger("freightscale.sessions")
-_meter = metrics.get_meter("freightscale")
-_store_errors = _meter.create_counter(
-    "freightscale.sessions.store_errors", description="Session store calls that failed"
-)
-_corrupt = _meter.create_counter(
-    "freightscale.sessions.corrupt_entries", description="Stored sessions that could not be decoded"
-)
-_conflicts = _meter.create_counter(
-    "freightscale.sessions.write_conflicts", description="Session writes merged after a conflict"
-)
+# Names, units and labels are registered in freightscale.telemetry.instruments.
+_loads = get_counter("freightscale.sessions.loads")  # result: hit, miss, invalid, error
+_saves = get_counter("freightscale.sessions.saves")  # result: saved, deleted, conflict, error
+_outages = get_counter("freightscale.backend.outages")  # service, component
+_fallbacks = get_counter("freightscale.backend.fallbacks")  # component, policy
 
 LEGACY_PREFIX = "legacy:"
 """Imported legacy sessions live under ``legacy:<sid>``; freightscale ids never contain ``:``."""
@@ -127,6 +122,8 @@ class SessionMiddleware:
         self._cookie_attrs: dict[str, Any] = attrs
         self._delete_cookie = delete_cookie_header(settings.cookie_name, **attrs)
         self._delete_legacy = delete_cookie_header(settings.legacy_cookie_name, **attrs)
+        name = type(self.backend).__name__.lower()
+        self._service = next((k for k in ("redis", "postgres", "memory") if k in name), "other")
         self._store_down = False
         self._corrupt_logged: TTLCache[str, bool] = TTLCache(maxsize=1024, ttl=3600)
 
@@ -145,7 +142,7 @@ class SessionMiddleware:
             await self.backend.aclose()
 
     # -- store calls: timeout, outage tracking -----------------------------
-    async def store(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def store(self, call: Callable[[], Awaitable[T]], result: str = "saved") -> T:
         """Run one backend call, tracking outages.
 
         Each backend bounds its own calls (Redis: the client's socket and pool
@@ -153,21 +150,23 @@ class SessionMiddleware:
         cost more than the Redis GET it guards.
         """
         try:
-            result = await call()
+            value = await call()
         except CorruptSessionError:
             raise
         except (StoreError, TimeoutError) as exc:
+            _saves.add(1, {"result": "error"})
             self.failed(exc)
         if self._store_down:
             self.recovered()
-        return result
+        _saves.add(1, {"result": result})
+        return value
 
     def failed(self, exc: Exception) -> NoReturn:
         """Count a failed store call, log the outage once, and re-raise it
         (as :class:`SessionUnavailableError` when the store is unreachable)."""
-        _store_errors.add(1)
         if not self._store_down:
             self._store_down = True
+            _outages.add(1, {"service": self._service, "component": "sessions"})
             logger.warning(
                 "session store unavailable (%s); fail_mode=%s until it recovers",
                 exc or "timeout",
@@ -185,7 +184,6 @@ class SessionMiddleware:
 
     def corrupt(self, session_id: str, exc: Exception) -> None:
         """Count a corrupt entry; log it once per id."""
-        _corrupt.add(1)
         if session_id not in self._corrupt_logged:
             self._corrupt_logged[session_id] = True
             logger.warning("ignoring corrupt session %s…: %s", session_id[:8], exc)
@@ -230,13 +228,18 @@ class _Responder:
     async def load(self, session: Session) -> None:
         mw = self.mw
         key = self.sid if self.sid is not None else LEGACY_PREFIX + str(self.legacy_sid)
+        corrupt = False
         try:
             # Called directly (not through mw.store) to keep the read path short.
             record = await mw.backend.load(key)
         except CorruptSessionError as exc:
+            corrupt = True
+            _loads.add(1, {"result": "invalid"})
             mw.corrupt(key, exc)
             record = None
         except StoreError as exc:
+            _loads.add(1, {"result": "error"})
+            _fallbacks.add(1, {"component": "sessions", "policy": mw.settings.fail_mode})
             try:
                 mw.failed(exc)
             except StoreError:
@@ -249,8 +252,11 @@ class _Responder:
             if mw._store_down:
                 mw.recovered()
         if record is None or record.data is None or record.expires_at <= mw.clock():
+            if not corrupt:
+                _loads.add(1, {"result": "miss"})
             self.unknown = True
             return
+        _loads.add(1, {"result": "hit"})
         session._populate(record.data, record.version, record.expires_at, key)
         self.migrate = self.sid is None
 
@@ -379,13 +385,14 @@ class _Responder:
     async def _retire(self, sid: str, version: int, expires_at: float) -> None:
         backend = self.mw.backend
         if not sid.startswith(LEGACY_PREFIX):
-            await self.mw.store(partial(backend.delete, sid))
+            await self.mw.store(partial(backend.delete, sid), "deleted")
             return
         # A tombstone until the legacy session would have expired, so a re-run
         # import never brings it back.
         for _ in range(3):
             result = await self.mw.store(
-                partial(backend.compare_and_set, sid, None, expires_at, version=version)
+                partial(backend.compare_and_set, sid, None, expires_at, version=version),
+                "deleted",
             )
             if result.ok or result.current is None:
                 return
@@ -408,7 +415,7 @@ class _Responder:
             current = result.current
             if current is None or current.data is None:
                 return False
-            _conflicts.add(1)
+            _saves.add(1, {"result": "conflict"})
             data = merge_changes(original, mine, current.data)
             version = current.version
         raise SessionUnavailableError(
