@@ -260,3 +260,18 @@ async def test_metrics_count_loads_saves_outages_and_fallbacks(
     assert seen[("loads", (("result", "error"),))] == 2
     assert seen[("fallbacks", (("component", "sessions"), ("policy", "open")))] == 2
     assert seen[("outages", (("component", "sessions"), ("service", "redis")))] == 1
+
+
+async def test_client_provider_resolved_on_first_use(
+    redis_url: str, redis_prefix: str, closing: list[SessionMiddleware]
+) -> None:
+    # How build_stack wires the shared client: the middleware exists before the client opens.
+    shared: list[Any] = [None]
+    backend = RedisSessionBackend(lambda: shared[0], key_prefix=redis_prefix)
+    app = SessionMiddleware(starlette_app(), settings(fail_mode="closed"), backend=backend)
+    async with client(app) as c:
+        assert (await c.get("/set?user=alice")).status_code == 503  # not open yet
+        shared[0] = create_redis_client(redis_url)
+        assert (await c.get("/set?user=alice")).status_code == 200
+        assert (await c.get("/get")).json()["data"] == {"user": "alice"}
+    await shared[0].aclose()

@@ -12,10 +12,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from importlib.resources import files
 from typing import Any, TypeVar
 
+import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from freightscale.backends.redis import RedisClient, ensure_ready, ping, translate_redis_error
+from freightscale.exceptions import StoreUnavailableError
 from freightscale.sessions.backends import (
     CasResult,
     SessionData,
@@ -36,7 +39,9 @@ class RedisSessionBackend:
     """Sessions in Redis (single node, Sentinel or Cluster).
 
     Args:
-        client: a client from :func:`~freightscale.backends.redis.create_redis_client`.
+        client: a client from :func:`~freightscale.backends.redis.create_redis_client`,
+            or a function returning it, resolved on first use (so a middleware
+            can be built before a shared client opens at startup).
         key_prefix: prefix of every key (the Redis settings' ``key_prefix``).
         owns_client: close the client in :meth:`aclose`.
         clock: wall clock in Unix seconds.
@@ -44,18 +49,41 @@ class RedisSessionBackend:
 
     def __init__(
         self,
-        client: RedisClient,
+        client: RedisClient | Callable[[], RedisClient | None],
         *,
         key_prefix: str = "fs",
         owns_client: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.client = client
+        self._source = client
+        self._client: RedisClient | None = None
         self._prefix = f"{key_prefix}:session:"
         self._owns_client = owns_client
         self._clock = clock
+        self._ready = False
+        if isinstance(client, aioredis.Redis | RedisCluster):
+            self._bind(client)
+
+    def _bind(self, client: RedisClient) -> None:
+        self._client = client
         self._ready = not isinstance(client, RedisCluster)
-        self._cas = client.register_script(_CAS_SCRIPT)
+        self._cas: AsyncScript = client.register_script(_CAS_SCRIPT)
+
+    @property
+    def client(self) -> RedisClient:
+        """The Redis client (resolved from the provider on first use).
+
+        Raises:
+            StoreUnavailableError: when the provider has no client (yet).
+        """
+        if self._client is None:
+            assert callable(self._source)
+            client = self._source()
+            if client is None:
+                raise StoreUnavailableError("the shared Redis client is not open (yet)")
+            self._bind(client)
+            assert self._client is not None
+        return self._client
 
     def __repr__(self) -> str:
         return f"RedisSessionBackend(prefix={self._prefix!r})"
@@ -65,10 +93,11 @@ class RedisSessionBackend:
         return self._prefix + session_id
 
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        client = self.client
         try:
             if not self._ready:
                 # A Cluster client must finish discovery before concurrent use.
-                await ensure_ready(self.client)
+                await ensure_ready(client)
                 self._ready = True
             return await operation()
         except (RedisError, OSError, TimeoutError) as exc:
@@ -133,5 +162,5 @@ class RedisSessionBackend:
 
     async def aclose(self) -> None:
         """Close the client if this backend created it."""
-        if self._owns_client:
-            await self.client.aclose()
+        if self._owns_client and self._client is not None:
+            await self._client.aclose()
