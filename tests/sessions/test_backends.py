@@ -81,9 +81,10 @@ async def test_tombstone_loads_as_none_and_blocks_create(backend: SessionBackend
 
 
 async def test_expiry(backend: SessionBackend) -> None:
-    await backend.compare_and_set("short", {"n": 0}, time.time() + 0.3, version=0)
+    await backend.load("warm-up")  # PostgreSQL creates its table on first use
+    await backend.compare_and_set("short", {"n": 0}, time.time() + 0.5, version=0)
     assert await backend.load("short") is not None
-    await asyncio.sleep(0.45)
+    await asyncio.sleep(0.65)
     assert await backend.load("short") is None
     # An expired id is free again.
     assert (await backend.compare_and_set("short", {"n": 1}, time.time() + 60, version=0)).ok

@@ -195,6 +195,7 @@ def test_not_a_json_object(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(["sessions", "import", str(tmp_path / "missing.json"), "--dry-run"]) == 2
 
 
+@pytest.mark.slow
 def test_streaming_keeps_memory_bounded(legacy_dir: Path, tmp_path: Path) -> None:
     """Peak RSS of a dry-run import does not grow with the file (json.load would)."""
     big = generate(tmp_path, "--count", "15000") / "session-store.json"
