@@ -142,7 +142,7 @@ class SessionMiddleware:
             await self.backend.aclose()
 
     # -- store calls: timeout, outage tracking -----------------------------
-    async def store(self, call: Callable[[], Awaitable[T]], result: str = "saved") -> T:
+    async def store(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run one backend call, tracking outages.
 
         Each backend bounds its own calls (Redis: the client's socket and pool
@@ -158,7 +158,6 @@ class SessionMiddleware:
             self.failed(exc)
         if self._store_down:
             self.recovered()
-        _saves.add(1, {"result": result})
         return value
 
     def failed(self, exc: Exception) -> NoReturn:
@@ -262,9 +261,7 @@ class _Responder:
 
     async def __call__(self, receive: Receive, send: Send) -> None:
         scope, mw = self.scope, self.mw
-        replaced = False
-
-        started = False
+        replaced = started = False
 
         async def send_wrapper(message: Message) -> None:
             nonlocal replaced, started
@@ -319,6 +316,7 @@ class _Responder:
                 return  # the client already has its 503
             if started:
                 raise
+            self.unavailable = True
             await send_wrapper(_FAILED_START)
 
     @property
@@ -365,9 +363,11 @@ class _Responder:
             return headers
         if now - (s.expires_at - mw.settings.max_age) >= mw.settings.refresh_interval:
             # Sliding expiry; a conflict means another request just wrote (and renewed) it.
-            await mw.store(
+            refreshed = await mw.store(
                 partial(mw.backend.compare_and_set, s.id, s._data, expires_at, version=s.version)
             )
+            if refreshed.ok:
+                _saves.add(1, {"result": "saved"})
             headers.append(mw.set_cookie(s.id))
         return headers
 
@@ -379,22 +379,24 @@ class _Responder:
                 partial(backend.compare_and_set, sid, data, expires_at, version=0)
             )
             if result.ok:
+                _saves.add(1, {"result": "saved"})
                 return sid
         raise StoreError("could not allocate a free session id")  # pragma: no cover
 
     async def _retire(self, sid: str, version: int, expires_at: float) -> None:
         backend = self.mw.backend
         if not sid.startswith(LEGACY_PREFIX):
-            await self.mw.store(partial(backend.delete, sid), "deleted")
+            await self.mw.store(partial(backend.delete, sid))
+            _saves.add(1, {"result": "deleted"})
             return
         # A tombstone until the legacy session would have expired, so a re-run
         # import never brings it back.
         for _ in range(3):
             result = await self.mw.store(
-                partial(backend.compare_and_set, sid, None, expires_at, version=version),
-                "deleted",
+                partial(backend.compare_and_set, sid, None, expires_at, version=version)
             )
             if result.ok or result.current is None:
+                _saves.add(1, {"result": "deleted"})
                 return
             version = result.current.version
 
@@ -411,6 +413,7 @@ class _Responder:
                 partial(mw.backend.compare_and_set, sid, data, expires_at, version=version)
             )
             if result.ok:
+                _saves.add(1, {"result": "saved"})
                 return True
             current = result.current
             if current is None or current.data is None:
