@@ -1,0 +1,159 @@
+"""Cache rules compiled once, and the cache key of a request.
+
+The key is a digest of everything that may change the body and nothing
+else: method class, host, root path, path, the sorted query, the normalized
+values of the rule's ``vary`` headers, the normalized ``Accept-Encoding``
+and the rule's scope (tenant id or principal id). Headers that are not in
+the key never reach the app (see ``unkeyed_headers``), so they cannot
+poison an entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode
+
+from freightscale.settings.cache import CacheRule, CacheSettings
+
+__all__ = [
+    "CompiledRule",
+    "cache_key",
+    "compile_rules",
+    "format_tags",
+    "match_rule",
+    "normalize_accept_encoding",
+]
+
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::(path|str))?\}")
+_CODINGS = ("br", "gzip", "zstd")
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    """A :class:`CacheRule` with its regex and resolved TTL."""
+
+    rule: CacheRule
+    regex: re.Pattern[str]
+    ttl: float
+    vary: tuple[bytes, ...]
+
+
+def compile_rules(settings: CacheSettings) -> list[CompiledRule]:
+    """Compile ``settings.rules`` in order."""
+    return [
+        CompiledRule(
+            rule,
+            _compile_path(rule.path),
+            rule.ttl if rule.ttl is not None else settings.default_ttl,
+            tuple(v.encode("latin-1") for v in rule.vary if v != "accept-encoding"),
+        )
+        for rule in settings.rules
+    ]
+
+
+def _compile_path(pattern: str) -> re.Pattern[str]:
+    out, last = [], 0
+    for m in _PARAM.finditer(pattern):
+        out.append(re.escape(pattern[last : m.start()]))
+        out.append(f"(?P<{m[1]}>.*)" if m[2] == "path" else f"(?P<{m[1]}>[^/]+)")
+        last = m.end()
+    out.append(re.escape(pattern[last:]))
+    return re.compile("".join(out) + r"\Z")
+
+
+def match_rule(rules: list[CompiledRule], path: str) -> tuple[CompiledRule, dict[str, str]] | None:
+    """Return the first rule whose pattern matches ``path`` and its parameters."""
+    for compiled in rules:
+        m = compiled.regex.match(path)
+        if m is not None:
+            return compiled, m.groupdict()
+    return None
+
+
+def normalize_accept_encoding(header: str | None) -> str:
+    """Reduce ``Accept-Encoding`` to a canonical value over the codings we produce.
+
+    ``"gzip, deflate, br;q=0.8"`` and ``"br;q=0.8,gzip"`` both become
+    ``"br;q=0.8,gzip;q=1"``: the cache keys on it and the app behind the
+    cache sees it, so the key decides which variant the app produces.
+    """
+    if header is None:
+        return ""
+    weights: dict[str, float] = {}
+    for member in header.split(",", 32)[:32]:
+        coding, _, params = member.partition(";")
+        coding = coding.strip().lower()
+        coding = "gzip" if coding == "x-gzip" else coding
+        q = 1.0
+        for param in params.split(";"):
+            name, sep, value = param.partition("=")
+            if sep and name.strip().lower() == "q":
+                q = _weight(value.strip())
+        if coding:
+            weights.setdefault(coding, q)
+    star = weights.get("*")
+    parts = []
+    for coding in _CODINGS:
+        q = weights.get(coding, star if star is not None else 0.0)
+        if q > 0:
+            parts.append(f"{coding};q={q:g}")
+    identity = weights.get("identity", star)
+    if identity is not None:
+        parts.append(f"identity;q={identity:g}")
+    return ",".join(parts)
+
+
+def _weight(text: str) -> float:
+    try:
+        q = float(text)
+    except ValueError:
+        return 0.0
+    return q if 0.0 <= q <= 1.0 and len(text) <= 5 else 0.0
+
+
+def cache_key(
+    *,
+    scope_kind: str,
+    scope_id: str,
+    host: str,
+    root_path: str,
+    path: str,
+    query_string: bytes,
+    vary_values: list[str],
+    accept_encoding: str,
+) -> str:
+    """Return the store key of a request (``r:<scope kind>:<digest>``)."""
+    query = ""
+    if query_string:
+        pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+        query = urlencode(sorted(pairs))
+    material = json.dumps(
+        [scope_id, host.lower(), root_path, path, query, vary_values, accept_encoding],
+        separators=(",", ":"),
+    )
+    digest = hashlib.blake2b(material.encode("utf-8", "surrogatepass"), digest_size=20)
+    return f"r:{scope_kind}:{digest.hexdigest()}"
+
+
+class _Blank(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "-"
+
+
+def format_tags(
+    templates: tuple[str, ...], params: dict[str, str], tenant: str | None, user: str | None
+) -> list[str]:
+    """Fill ``{param}``, ``{tenant}`` and ``{user}`` in tag templates."""
+    values = _Blank(params)
+    values["tenant"] = tenant or "-"
+    values["user"] = user or "-"
+    out = []
+    for template in templates:
+        try:
+            out.append(template.format_map(values))
+        except (ValueError, IndexError, AttributeError):
+            out.append(template)
+    return out
