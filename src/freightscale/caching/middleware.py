@@ -341,6 +341,15 @@ class _Request:
                 return shared
             token = ""  # waited long enough: run the handler ourselves
         try:
+            if token:
+                # Double-check: another instance may have filled the key and
+                # released its lock between our lookup and our lock.
+                with contextlib.suppress(StoreError):
+                    filled = await self._lookup()
+                    if filled is not None and mw.clock() < filled.fresh_until:
+                        mw.flight.finish(self.key, filled)
+                        await self._send_shared(send, filled)
+                        return filled
             return await self._run(receive, send, fallback)
         finally:
             await mw.cache.unlock(self.key, token)

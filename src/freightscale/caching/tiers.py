@@ -68,11 +68,17 @@ class RedisCacheOps:
             members = await self.client.smembers(full)
             keys.update(m.decode() if isinstance(m, bytes) else str(m) for m in members)
             await self.client.delete(full)
-        if keys:
-            pipe = self.client.pipeline(transaction=False)
-            for key in keys:
-                pipe.unlink(self.store.full_key(key))
-            await pipe.execute()
+        if not keys:
+            return keys
+        full_keys = [self.store.full_key(key) for key in keys]
+        if isinstance(self.client, RedisCluster):
+            # A cluster pipeline cannot UNLINK (a multi-key command); keys
+            # spread over slots, so delete them one by one, 50 at a time.
+            for i in range(0, len(full_keys), 50):
+                await asyncio.gather(*(self.client.unlink(k) for k in full_keys[i : i + 50]))
+            return keys
+        for i in range(0, len(full_keys), 500):
+            await self.client.unlink(*full_keys[i : i + 500])
         return keys
 
     async def lock(self, key: str) -> str | None:
