@@ -170,11 +170,8 @@ def _process_app() -> ASGIApp:
         routes=[Route("/slow", slow), Route("/items/{id}", item),
                 Route("/items/{id}", write, methods=["POST"])]
     )  # fmt: skip
-    settings = CacheSettings(
-        rules=(CacheRule(path="/slow", ttl=60),
-               CacheRule(path="/items/{id}", ttl=60, tags=("item:{id}",), invalidate_on_write=True)),
-        lock_wait=5.0,
-    )  # fmt: skip
+    items = CacheRule(path="/items/{id}", ttl=60, tags=("item:{id}",), invalidate_on_write=True)
+    settings = CacheSettings(rules=(CacheRule(path="/slow", ttl=60), items), lock_wait=5.0)
     return ResponseCacheMiddleware(app, settings, store=RedisStore.from_url(url, key_prefix=prefix))
 
 

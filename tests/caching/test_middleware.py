@@ -48,14 +48,14 @@ async def test_miss_then_hit_with_age(setup) -> None:  # type: ignore[no-untyped
 
 
 async def test_query_is_normalized(setup) -> None:  # type: ignore[no-untyped-def]
-    c, counter, _, _ = setup
+    c, _counter, _, _ = setup
     await c.get("/shipments?b=2&a=1")
     assert (await c.get("/shipments?a=1&b=2")).headers["x-cache"] == "HIT"
     assert (await c.get("/shipments?a=1&b=3")).headers["x-cache"] == "MISS"
 
 
 async def test_if_none_match_gives_304(setup) -> None:  # type: ignore[no-untyped-def]
-    c, counter, _, _ = setup
+    c, _counter, _, _ = setup
     first = await c.get("/shipments")
     etag = first.headers["etag"]
     assert etag.startswith('"')  # strong, from the body hash
@@ -78,7 +78,7 @@ async def test_never_stored(setup, path: str) -> None:  # type: ignore[no-untype
 
 
 async def test_private_only_for_user_rules(setup) -> None:  # type: ignore[no-untyped-def]
-    c, counter, _, _ = setup
+    c, _counter, _, _ = setup
     auth = {"authorization": "Bearer ann@acme"}
     await c.get("/me", headers=auth)
     hit = await c.get("/me", headers=auth)
@@ -112,7 +112,7 @@ async def test_credentials_bypass_public_rules(setup) -> None:  # type: ignore[n
 
 
 async def test_tenant_scope_separates_tenants(setup) -> None:  # type: ignore[no-untyped-def]
-    c, counter, _, _ = setup
+    c, _counter, _, _ = setup
     a = await c.get("/tenant", headers={"authorization": "Bearer ann@acme"})
     b = await c.get("/tenant", headers={"authorization": "Bearer bob@globex"})
     a2 = await c.get("/tenant", headers={"authorization": "Bearer carl@acme"})
@@ -126,7 +126,7 @@ async def test_tenant_scope_separates_tenants(setup) -> None:  # type: ignore[no
 
 
 async def test_unkeyed_headers_cannot_poison(setup) -> None:  # type: ignore[no-untyped-def]
-    c, counter, _, _ = setup
+    c, _counter, _, _ = setup
     evil = await c.get("/shipments", headers={"x-forwarded-host": "evil.example"})
     assert evil.json()["fwd"] is None  # the app never saw it
     clean = await c.get("/shipments")
@@ -172,7 +172,7 @@ async def test_stale_if_error(setup, failure: str) -> None:  # type: ignore[no-u
 
 
 async def test_tags_and_invalidation(setup) -> None:  # type: ignore[no-untyped-def]
-    c, counter, mw, _ = setup
+    c, _counter, mw, _ = setup
     auth = {"authorization": "Bearer ann@acme"}
     await c.get("/shipments")
     await c.get("/shipments/1", headers=auth)
@@ -187,7 +187,7 @@ async def test_tags_and_invalidation(setup) -> None:  # type: ignore[no-untyped-
 
 
 async def test_invalidate_on_write(setup) -> None:  # type: ignore[no-untyped-def]
-    c, counter, _, _ = setup
+    c, _counter, _, _ = setup
     auth = {"authorization": "Bearer ann@acme"}
     assert (await c.get("/shipments/1", headers=auth)).json()["v"] == 1
     assert (await c.post("/shipments/1", headers=auth)).status_code == 200
@@ -214,8 +214,10 @@ async def test_corrupt_entry_is_a_miss(store: Store) -> None:
         gz = {"accept-encoding": "gzip"}
         await c.get("/shipments", headers=gz)
         assert not mw.flight._calls  # flights end with their request
-        k = cache_key(scope_kind="public", scope_id="", host="t", root_path="", path="/shipments",
-                      query_string=b"", vary_values=[], accept_encoding=normalize_accept_encoding("gzip"))  # fmt: skip
+        k = cache_key(
+            scope_kind="public", scope_id="", host="t", root_path="", path="/shipments",
+            query_string=b"", vary_values=[], accept_encoding=normalize_accept_encoding("gzip"),
+        )  # fmt: skip
         assert await backend.store.exists(k)
         await backend.store.set(k, b"garbage", expires_in=60)
         if backend.l1 is not None:

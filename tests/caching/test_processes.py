@@ -50,10 +50,20 @@ def instances(redis_url: str, redis_prefix: str) -> Iterator[list[str]]:
             port = free_port()
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "uvicorn", "tests.caching.apps:process_app",
-                     "--port", str(port), "--log-level", "warning", "--no-access-log"],
-                    cwd=ROOT, env=env,
-                )  # fmt: skip
+                    [
+                        sys.executable,
+                        "-m",
+                        "uvicorn",
+                        "tests.caching.apps:process_app",
+                        "--port",
+                        str(port),
+                        "--log-level",
+                        "warning",
+                        "--no-access-log",
+                    ],
+                    cwd=ROOT,
+                    env=env,
+                )
             )
             urls.append(f"http://127.0.0.1:{port}")
         for url in urls:

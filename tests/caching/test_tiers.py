@@ -14,7 +14,9 @@ from tests.caching.apps import RULES, Counter, build
 from tests.servers import RedisServer
 
 
-async def test_l1_serves_without_redis_and_stays_coherent(redis_url: str, redis_prefix: str) -> None:
+async def test_l1_serves_without_redis_and_stays_coherent(
+    redis_url: str, redis_prefix: str
+) -> None:
     s1 = RedisStore.from_url(redis_url, key_prefix=redis_prefix)
     s2 = RedisStore.from_url(redis_url, key_prefix=redis_prefix)
     a, b = CacheBackend(s1), CacheBackend(s2)
@@ -54,7 +56,9 @@ async def test_redis_outage_bypasses_then_recovers(redis_server: RedisServer) ->
     store = RedisStore.from_url(redis_server.url, key_prefix="outage", socket_timeout=0.5,
                                 connect_timeout=0.5, retries=0)  # fmt: skip
     # L1 off: a hot L1 would (correctly) keep answering for up to l1_ttl.
-    settings = CacheSettings(rules=RULES, retry_after_failure=0.2, store_timeout=1.0, l1_enabled=False)
+    settings = CacheSettings(
+        rules=RULES, retry_after_failure=0.2, store_timeout=1.0, l1_enabled=False
+    )
     app, mw = build(counter, settings, store=store)
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:

@@ -37,8 +37,21 @@ class ResponseCapture:
     """
 
     __slots__ = (
-        "allow_private", "body", "chunks", "done", "failed", "max_age", "max_body", "mode",
-        "send_", "start", "statuses", "tag_header", "tags", "vary_ok", "swallow_errors",
+        "allow_private",
+        "body",
+        "chunks",
+        "done",
+        "failed",
+        "max_age",
+        "max_body",
+        "mode",
+        "send_",
+        "start",
+        "statuses",
+        "swallow_errors",
+        "tag_header",
+        "tags",
+        "vary_ok",
     )  # fmt: skip
 
     def __init__(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import time
 from collections.abc import Callable
@@ -108,6 +109,8 @@ class ResponseCacheMiddleware:
         self._statuses = frozenset(config.cacheable_statuses)
         self._tag_header = config.tag_header.lower().encode()
         self._refreshing: dict[str, asyncio.Task[None]] = {}
+        zstd = importlib.util.find_spec("zstandard") is not None
+        self.encodings = tuple(e for e in config.encodings if e != "zstd" or zstd)
 
     def __repr__(self) -> str:
         return f"ResponseCacheMiddleware(rules={len(self.rules)}, cache={self.cache!r})"
@@ -233,9 +236,8 @@ class _Request:
             scope_id = f"t:{self.principal.tenant_id}"
         else:
             scope_id = f"u:{self.principal.tenant_id}\x00{self.principal.user_id}"
-        ae = normalize_accept_encoding(accept)
-        if ae:
-            headers.append((b"accept-encoding", ae.encode("latin-1")))
+        ae = normalize_accept_encoding(accept, mw.encodings)
+        headers.append((b"accept-encoding", ae.encode("latin-1")))
         self.scope = dict(scope)
         self.scope["headers"] = headers
         self.key = cache_key(

@@ -106,9 +106,11 @@ class QueryCache:
         self.flight: SingleFlight[list[dict[str, Any]]] = SingleFlight()
 
     def key(
-        self, executor: AsyncSession | AsyncConnection, statement: Select[Any] | CompoundSelect[Any],
+        self,
+        executor: AsyncSession | AsyncConnection,
+        statement: Select[Any] | CompoundSelect[Any],
         tenant: str | None,
-    ) -> str:  # fmt: skip
+    ) -> str:
         """Return the cache key of ``statement`` for ``tenant``."""
         if isinstance(executor, AsyncSession):
             dialect = executor.get_bind().dialect

@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::(path|str))?\}")
-_CODINGS = ("br", "gzip", "zstd")
+_CODINGS = ("br", "zstd", "gzip")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,15 +73,17 @@ def match_rule(rules: list[CompiledRule], path: str) -> tuple[CompiledRule, dict
     return None
 
 
-def normalize_accept_encoding(header: str | None) -> str:
-    """Reduce ``Accept-Encoding`` to a canonical value over the codings we produce.
+def normalize_accept_encoding(header: str | None, offered: tuple[str, ...] = _CODINGS) -> str:
+    """Reduce ``Accept-Encoding`` to the one coding the response will use.
 
-    ``"gzip, deflate, br;q=0.8"`` and ``"br;q=0.8,gzip"`` both become
-    ``"br;q=0.8,gzip;q=1"``: the cache keys on it and the app behind the
-    cache sees it, so the key decides which variant the app produces.
+    Returns one of ``offered`` or ``"identity"``, chosen like the compression
+    middleware chooses (q-values, ``q=0`` refusals, ``*``, ties to the order
+    of ``offered``). The cache keys on it and the app behind the cache sees
+    only it, so ``"gzip, deflate, br"`` and ``"br;q=1, gzip;q=0.5"`` share
+    the ``br`` variant and a hit costs no compression work.
     """
-    if header is None:
-        return ""
+    if not header:
+        return "identity"
     weights: dict[str, float] = {}
     for member in header.split(",", 32)[:32]:
         coding, _, params = member.partition(";")
@@ -95,15 +97,15 @@ def normalize_accept_encoding(header: str | None) -> str:
         if coding:
             weights.setdefault(coding, q)
     star = weights.get("*")
-    parts = []
-    for coding in _CODINGS:
+    best, best_q = "identity", 0.0
+    for coding in offered:
         q = weights.get(coding, star if star is not None else 0.0)
-        if q > 0:
-            parts.append(f"{coding};q={q:g}")
-    identity = weights.get("identity", star)
-    if identity is not None:
-        parts.append(f"identity;q={identity:g}")
-    return ",".join(parts)
+        if q > best_q:
+            best, best_q = coding, q
+    identity = weights.get("identity")
+    if identity is not None and identity > best_q:
+        return "identity"
+    return best
 
 
 def _weight(text: str) -> float:

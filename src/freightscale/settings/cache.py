@@ -128,6 +128,12 @@ class CacheSettings(Section):
     """Request headers removed before a cacheable request reaches the app, so
     they can never change a cached body (cache-poisoning defence)."""
 
+    encodings: tuple[Literal["br", "zstd", "gzip"], ...] = ("br", "zstd", "gzip")
+    """Codings the compression layer inside the cache offers, in its preference
+    order: keep equal to ``compression.encodings``. The key holds the one coding
+    a request will get (br / zstd / gzip / identity), so equivalent
+    ``Accept-Encoding`` values share one stored variant."""
+
     tag_header: str = Field(default="cache-tag", min_length=1, max_length=64)
     """Response header a handler may set to tag its response (comma-separated);
     removed before the response is sent."""
