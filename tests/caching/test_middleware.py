@@ -221,7 +221,7 @@ async def test_corrupt_entry_is_a_miss(store: Store) -> None:
         assert await backend.store.exists(k)
         await backend.store.set(k, b"garbage", expires_in=60)
         if backend.l1 is not None:
-            backend.l1._data.clear()
+            backend.l1.clear()
         resp = await c.get("/shipments", headers=gz)
         assert resp.status_code == 200
         assert resp.headers["x-cache"] == "MISS"

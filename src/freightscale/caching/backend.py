@@ -21,12 +21,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cachetools import TTLCache
 from opentelemetry import metrics
 from redis.exceptions import RedisError
 
+from freightscale.caching.l1 import L1Cache
 from freightscale.caching.tiers import RedisCacheOps
 from freightscale.exceptions import StoreError, StoreUnavailableError
 from freightscale.settings.cache import CacheSettings
@@ -67,13 +68,13 @@ class CacheBackend:
         self.store = store.with_namespace(settings.namespace)
         self._monotonic = monotonic
         self.redis: RedisCacheOps | None = None
-        self.l1: MemoryStore | None = None
+        self.l1: L1Cache | None = None
         if isinstance(self.store, RedisStore):
             self.redis = RedisCacheOps(
                 self.store, tag_ttl=settings.tag_index_ttl, lock_ttl=settings.lock_ttl
             )
             if settings.l1_enabled:
-                self.l1 = MemoryStore(max_bytes=settings.l1_max_bytes, clock=monotonic)
+                self.l1 = L1Cache(settings.l1_max_bytes, settings.l1_ttl, monotonic)
         # Memory-store tag index: tag -> keys, bounded in tags and by age.
         self._tags: TTLCache[str, set[str]] = TTLCache(
             maxsize=100_000, ttl=settings.tag_index_ttl, timer=monotonic
@@ -127,15 +128,30 @@ class CacheBackend:
         return self.redis.subscribed.is_set()
 
     def _evict_local(self, keys: list[str]) -> None:
-        # Called from the pub/sub listener (sync); MemoryStore operations never
-        # await, so touching its bounded cache directly is equivalent and safe.
         if self.l1 is not None:
             for key in keys:
-                self.l1._data.pop(self.l1._prefix + key, None)
+                self.l1.pop(key)
 
     def _clear_local(self) -> None:
         if self.l1 is not None:
-            self.l1._data.clear()
+            self.l1.clear()
+
+    def peek(self, key: str) -> Any:
+        """Return the decoded object kept in L1 for ``key`` (see :meth:`remember`), or None.
+
+        Synchronous and free of I/O: the hot path of an L1 hit.
+        """
+        if self.l1 is None or not self._l1_live():
+            return None
+        item = self.l1.get(key)
+        return item[2] if item is not None else None
+
+    def remember(self, key: str, decoded: Any) -> None:
+        """Attach the decoded form of ``key``'s L1 value, so later hits skip decoding."""
+        if self.l1 is not None:
+            item = self.l1.get(key)
+            if item is not None:
+                item[2] = decoded
 
     async def start(self, timeout: float = 5.0) -> None:
         """Start the L1 invalidation listener now and wait until it listens."""
@@ -154,13 +170,14 @@ class CacheBackend:
         """
         l1 = self.l1 if self._l1_live() else None
         if l1 is not None:
-            value = await l1.get(key)
-            if value is not None:
+            item = l1.get(key)
+            if item is not None:
+                value: bytes = item[1]
                 return value
-        value = await self._guard(lambda: self.store.get(key))
-        if value is not None and l1 is not None:
-            await l1.set(key, value, expires_in=self.settings.l1_ttl)
-        return value
+        stored = await self._guard(lambda: self.store.get(key))
+        if stored is not None and l1 is not None:
+            l1.put(key, stored)
+        return stored
 
     async def set(
         self, key: str, value: bytes, *, expires_in: float, tags: Iterable[str] = ()
@@ -176,7 +193,7 @@ class CacheBackend:
         except StoreUnavailableError:
             return False
         if self._l1_live() and self.l1 is not None:
-            await self.l1.set(key, value, expires_in=min(expires_in, self.settings.l1_ttl))
+            self.l1.put(key, value, expires_in)
         return True
 
     async def _index(self, key: str, tags: list[str]) -> None:

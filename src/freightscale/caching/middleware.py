@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import logging
 import time
@@ -63,6 +64,7 @@ CACHE_FILL_KEY = "cache_fill"
 """``scope["freightscale"]`` flag telling the compression layer this response will be stored."""
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _BYPASS = b"BYPASS"
+_HIT = {"result": "hit"}
 
 
 def add_cache_tags(scope: Scope, *tags: str) -> None:
@@ -238,8 +240,8 @@ class _Request:
             scope_id = f"u:{self.principal.tenant_id}\x00{self.principal.user_id}"
         ae = normalize_accept_encoding(accept, mw.encodings)
         headers.append((b"accept-encoding", ae.encode("latin-1")))
-        self.scope = dict(scope)
-        self.scope["headers"] = headers
+        self._outer = scope
+        self._headers = headers
         self.key = cache_key(
             scope_kind=scope_kind,
             scope_id=scope_id,
@@ -251,6 +253,16 @@ class _Request:
             accept_encoding=ae,
         )
 
+    @functools.cached_property
+    def scope(self) -> Scope:
+        """The scope the app sees: unkeyed headers removed, Accept-Encoding normalized.
+
+        Built only when the app runs (an L1 hit never needs it).
+        """
+        scope = dict(self._outer)
+        scope["headers"] = self._headers
+        return scope
+
     async def run(self, receive: Receive, send: Send) -> None:
         mw = self.mw
         if self.bypass:
@@ -259,6 +271,14 @@ class _Request:
         if self.head:
             await self._head(receive, send)
             return
+        hot = mw.cache.peek(self.key)
+        if hot is not None:
+            # L1 hit with the decoded entry at hand: no I/O, no decoding.
+            now = mw.clock()
+            if now < hot.fresh_until:
+                _requests.add(1, _HIT)
+                await send_entry(send, hot, b"HIT", now, head=False, if_none_match=self.if_none_match)
+                return
         # Concurrent requests for one key share one lookup and at most one fill.
         future, leader = mw.flight.join(self.key)
         if not leader:
@@ -282,7 +302,7 @@ class _Request:
                 result = entry
                 mw.flight.finish(self.key, entry)
                 if now < entry.fresh_until:
-                    _requests.add(1, {"result": "hit"})
+                    _requests.add(1, _HIT)
                     label = b"HIT"
                 else:
                     _requests.add(1, {"result": "stale"})
@@ -321,12 +341,14 @@ class _Request:
         if raw is None:
             return None
         try:
-            return decode_entry(raw)
+            entry = decode_entry(raw)
         except CorruptEntry:
             logger.warning("dropping a corrupt response cache entry %s", self.key)
             with contextlib.suppress(StoreError):
                 await self.mw.cache.delete(self.key)
             return None
+        self.mw.cache.remember(self.key, entry)
+        return entry
 
     async def _fill(
         self, receive: Receive, send: Send, fallback: CacheEntry | None

@@ -11,9 +11,9 @@ poison an entry.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import parse_qsl, urlencode
 
 from freightscale.settings.cache import CacheRule, CacheSettings
@@ -73,6 +73,11 @@ def match_rule(rules: list[CompiledRule], path: str) -> tuple[CompiledRule, dict
     return None
 
 
+@lru_cache(maxsize=512)
+def _normalize_cached(header: str, offered: tuple[str, ...]) -> str:
+    return _normalize(header, offered)
+
+
 def normalize_accept_encoding(header: str | None, offered: tuple[str, ...] = _CODINGS) -> str:
     """Reduce ``Accept-Encoding`` to the one coding the response will use.
 
@@ -84,6 +89,12 @@ def normalize_accept_encoding(header: str | None, offered: tuple[str, ...] = _CO
     """
     if not header:
         return "identity"
+    if len(header) <= 200:  # memoize the few values real clients send
+        return _normalize_cached(header, offered)
+    return _normalize(header, offered)
+
+
+def _normalize(header: str, offered: tuple[str, ...]) -> str:
     weights: dict[str, float] = {}
     for member in header.split(",", 32)[:32]:
         coding, _, params = member.partition(";")
@@ -132,10 +143,9 @@ def cache_key(
     if query_string:
         pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
         query = urlencode(sorted(pairs))
-    material = json.dumps(
-        [scope_id, host.lower(), root_path, path, query, vary_values, accept_encoding],
-        separators=(",", ":"),
-    )
+    # Length-prefixed parts: unambiguous whatever characters the parts hold.
+    parts = [scope_id, host.lower(), root_path, path, query, accept_encoding, *vary_values]
+    material = "".join(f"{len(p)}:{p}" for p in parts)
     digest = hashlib.blake2b(material.encode("utf-8", "surrogatepass"), digest_size=20)
     return f"r:{scope_kind}:{digest.hexdigest()}"
 
