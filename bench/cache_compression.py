@@ -73,7 +73,9 @@ def wrk(url: str, accept: str, args: argparse.Namespace) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--duration", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
@@ -87,7 +89,11 @@ def main() -> int:
         parser.error("wrk is not installed: apt-get install -y wrk")
 
     prefix = f"fsbench-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'bench'}", "FREIGHTSCALE_BENCH_PREFIX": prefix}
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT / 'src'}:{ROOT / 'bench'}",
+        "FREIGHTSCALE_BENCH_PREFIX": prefix,
+    }
     procs: dict[str, subprocess.Popen[bytes]] = {}
     urls: dict[str, str] = {}
     results: dict[str, list[float]] = {n: [] for n in names}

@@ -238,3 +238,65 @@ async def test_non_http_passes_through() -> None:
     await mw({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
     assert seen == ["lifespan"]
     assert json.dumps(seen)
+
+
+async def test_request_no_cache_only_when_honoured(store: Store) -> None:
+    for honour in (False, True):
+        counter = Counter()
+        settings = CacheSettings(rules=RULES, honor_request_no_cache=honour)
+        app, mw = build(counter, settings, store=store.with_namespace(f"h{honour}"))
+        async with client(app) as c:
+            await c.get("/shipments")
+            resp = await c.get("/shipments", headers={"cache-control": "no-cache"})
+            assert resp.headers["x-cache"] == ("MISS" if honour else "HIT")
+            resp = await c.get("/shipments", headers={"cache-control": "no-store"})
+            assert resp.headers["x-cache"] == ("BYPASS" if honour else "HIT")
+        await mw.aclose()
+
+
+async def test_unstorable_stream_is_not_buffered() -> None:
+    release = asyncio.Event()
+    received: list[bytes] = []
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        headers = [(b"content-type", b"text/plain"), (b"set-cookie", b"a=b")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        await release.wait()
+        await send({"type": "http.response.body", "body": b"last"})
+
+    mw = ResponseCacheMiddleware(app, CacheSettings(rules=(CacheRule(path="/s"),)))
+    scope = {"type": "http", "method": "GET", "path": "/s", "headers": [], "query_string": b""}
+
+    async def receive():  # type: ignore[no-untyped-def]
+        return {"type": "http.request", "body": b""}
+
+    async def send(message):  # type: ignore[no-untyped-def]
+        if message["type"] == "http.response.body":
+            received.append(message["body"])
+            release.set()  # only reachable if "first" arrived before the end
+
+    await asyncio.wait_for(mw(scope, receive, send), 5)
+    assert received == [b"first", b"last"]
+
+
+async def test_fastapi_app(store: Store) -> None:
+    from fastapi import FastAPI
+
+    api = FastAPI()
+    calls = []
+
+    @api.get("/carriers")
+    async def carriers() -> dict[str, int]:
+        calls.append(1)
+        return {"n": len(calls)}
+
+    mw = ResponseCacheMiddleware(
+        api, CacheSettings(rules=(CacheRule(path="/carriers"),)), store=store
+    )
+    async with client(mw) as c:
+        assert (await c.get("/carriers")).json() == {"n": 1}
+        hit = await c.get("/carriers")
+        assert hit.json() == {"n": 1}
+        assert hit.headers["x-cache"] == "HIT"
+    await mw.aclose()

@@ -277,7 +277,9 @@ class _Request:
             now = mw.clock()
             if now < hot.fresh_until:
                 _requests.add(1, _HIT)
-                await send_entry(send, hot, b"HIT", now, head=False, if_none_match=self.if_none_match)
+                await send_entry(
+                    send, hot, b"HIT", now, head=False, if_none_match=self.if_none_match
+                )
                 return
         # Concurrent requests for one key share one lookup and at most one fill.
         future, leader = mw.flight.join(self.key)
@@ -365,7 +367,7 @@ class _Request:
                 return shared
             token = ""  # waited long enough: run the handler ourselves
         try:
-            if token:
+            if token and not self.refresh_only:
                 # Double-check: another instance may have filled the key and
                 # released its lock between our lookup and our lock.
                 with contextlib.suppress(StoreError):
