@@ -72,7 +72,7 @@ async def _scenario(store: Store, requests: list[tuple[int, str, str, str | None
         await mw.aclose()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(request_st, min_size=1, max_size=24))
 def test_isolation_memory(requests: list[tuple[int, str, str, str | None]]) -> None:
     asyncio.run(_scenario(MemoryStore(max_bytes=1 << 22), requests))

@@ -69,3 +69,13 @@ def test_entry_round_trip_and_corruption() -> None:
     for bad in (b"", b"garbage", data[:20], b"FSR1" + data[4:30]):
         with pytest.raises(CorruptEntry):
             decode_entry(bad)
+
+
+def test_public_surfaces_are_sorted_and_importable() -> None:
+    import freightscale.caching as caching
+    import freightscale.compression as compression
+
+    for module in (caching, compression):
+        assert list(module.__all__) == sorted(module.__all__)
+        for name in module.__all__:
+            assert getattr(module, name) is not None

@@ -57,7 +57,7 @@ async def events(request: Request) -> Response:
     async def gen():  # type: ignore[no-untyped-def]
         for i in range(3):
             yield f"data: event {i}\n\n".encode()
-            await asyncio.sleep(0.4)
+            await asyncio.sleep(0.3)
 
     return StreamingResponse(gen(), media_type="text/event-stream")
 

@@ -216,6 +216,6 @@ def test_event_stream_events_arrive_one_by_one(server: int, encoding: str) -> No
                 event, buffer = buffer.split("\n\n", 1)
                 arrivals.append((time.monotonic(), event))
     assert [e for _, e in arrivals] == [f"data: event {i}" for i in range(3)]
-    # The generator sleeps 0.4 s between events: they must not arrive together.
-    assert arrivals[1][0] - arrivals[0][0] > 0.25
-    assert arrivals[2][0] - arrivals[1][0] > 0.25
+    # The generator sleeps 0.3 s between events: they must not arrive together.
+    assert arrivals[1][0] - arrivals[0][0] > 0.2
+    assert arrivals[2][0] - arrivals[1][0] > 0.2

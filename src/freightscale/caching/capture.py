@@ -205,7 +205,11 @@ async def send_entry(
 ) -> None:
     """Send a cached entry as stored: no decoding, no re-encoding of the body."""
     age = str(max(0, int(now - entry.stored_at))).encode()
-    if if_none_match is not None and etag_matches(if_none_match, entry.header(b"etag")):
+    if (
+        if_none_match is not None
+        and entry.status == 200  # a validator only stands for a successful representation
+        and etag_matches(if_none_match, entry.header(b"etag"))
+    ):
         headers = [(n, v) for n, v in entry.headers if n in _NOT_MODIFIED_KEEP]
         headers += [(b"age", age), (b"x-cache", label)]
         await send({"type": "http.response.start", "status": 304, "headers": headers})
