@@ -104,3 +104,33 @@ async def test_cluster_entries_tags_and_locks(redis_cluster_url: str, redis_pref
         await mw.cache.store.delete_all()
         await mw.aclose()
         await store.aclose()
+
+
+@pytest.mark.slow
+async def test_cluster_l1_coherence(redis_cluster_url: str, redis_prefix: str) -> None:
+    s1 = RedisStore.from_url(redis_cluster_url, key_prefix=redis_prefix)
+    s2 = RedisStore.from_url(redis_cluster_url, key_prefix=redis_prefix)
+    a, b = CacheBackend(s1), CacheBackend(s2)
+    try:
+        await a.start()
+        await b.start()
+        assert await a.set("k", b"v1", expires_in=60, tags=["t"])  # True: publish worked too
+        assert await b.get("k") == b"v1"
+        assert await a.set("k", b"v2", expires_in=60)
+        for _ in range(100):
+            if await b.get("k") == b"v2":
+                break
+            await asyncio.sleep(0.01)
+        assert await b.get("k") == b"v2"
+        assert await a.invalidate(["t"]) == 1
+        for _ in range(100):
+            if await b.get("k") is None:
+                break
+            await asyncio.sleep(0.01)
+        assert await b.get("k") is None
+    finally:
+        await a.store.delete_all()
+        await a.aclose()
+        await b.aclose()
+        await s1.aclose()
+        await s2.aclose()

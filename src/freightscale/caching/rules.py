@@ -139,6 +139,23 @@ def cache_key(
     accept_encoding: str,
 ) -> str:
     """Return the store key of a request (``r:<scope kind>:<digest>``)."""
+    args = (scope_kind, scope_id, host, root_path, path, query_string, tuple(vary_values))
+    if len(path) + len(query_string) <= 512:
+        # Hot keys repeat: a bounded memo skips the parse, format and digest.
+        return _key_cached(*args, accept_encoding)
+    return _key(*args, accept_encoding)
+
+
+def _key(
+    scope_kind: str,
+    scope_id: str,
+    host: str,
+    root_path: str,
+    path: str,
+    query_string: bytes,
+    vary_values: tuple[str, ...],
+    accept_encoding: str,
+) -> str:
     query = ""
     if query_string:
         pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
@@ -148,6 +165,9 @@ def cache_key(
     material = "".join(f"{len(p)}:{p}" for p in parts)
     digest = hashlib.blake2b(material.encode("utf-8", "surrogatepass"), digest_size=20)
     return f"r:{scope_kind}:{digest.hexdigest()}"
+
+
+_key_cached = lru_cache(maxsize=4096)(_key)
 
 
 class _Blank(dict[str, str]):

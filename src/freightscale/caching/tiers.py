@@ -50,9 +50,17 @@ class RedisCacheOps:
         self._release = self.client.register_script(_RELEASE)
         self._listener: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
+        self._ready = not isinstance(self.client, RedisCluster)
+
+    async def ready(self) -> None:
+        """Finish a Cluster client's discovery before its first command (see ``ensure_ready``)."""
+        if not self._ready:
+            await ensure_ready(self.client)
+            self._ready = True
 
     async def add_tags(self, key: str, tags: Iterable[str]) -> None:
         """Record ``key`` under every tag (``SADD`` + ``PEXPIRE``, one pipeline)."""
+        await self.ready()
         pipe = self.client.pipeline(transaction=False)
         for tag in tags:
             full = self.store.full_key(tag_key(tag))
@@ -62,6 +70,7 @@ class RedisCacheOps:
 
     async def pop_tagged(self, tags: Iterable[str]) -> set[str]:
         """Delete every entry under ``tags`` and the tag sets; return the entry keys."""
+        await self.ready()
         keys: set[str] = set()
         for tag in tags:
             full = self.store.full_key(tag_key(tag))
@@ -83,6 +92,7 @@ class RedisCacheOps:
 
     async def lock(self, key: str) -> str | None:
         """Try the fill lock of ``key``; return its token, or None if held elsewhere."""
+        await self.ready()
         token = secrets.token_hex(8)
         ok = await self.client.set(
             self.store.full_key("l:" + key), token, nx=True, px=self.lock_ttl_ms
@@ -95,6 +105,7 @@ class RedisCacheOps:
 
     async def publish(self, keys: Iterable[str]) -> None:
         """Tell the other instances to drop ``keys`` from their L1."""
+        await self.ready()
         batch = list(keys)
         for i in range(0, len(batch), 500):
             payload = json.dumps({"o": self.origin, "k": batch[i : i + 500]})
@@ -112,7 +123,7 @@ class RedisCacheOps:
     async def _subscriber(self) -> aioredis.Redis:
         if isinstance(self.client, RedisCluster):
             # Cluster PUBLISH reaches every node, so any node can be listened to.
-            await ensure_ready(self.client)
+            await self.ready()
             node = self.client.get_nodes()[0]
             return aioredis.Redis(
                 host=node.host, port=int(node.port), socket_connect_timeout=2, socket_timeout=None
