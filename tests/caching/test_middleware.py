@@ -300,3 +300,21 @@ async def test_fastapi_app(store: Store) -> None:
         assert hit.json() == {"n": 1}
         assert hit.headers["x-cache"] == "HIT"
     await mw.aclose()
+
+
+async def test_store_factory_is_resolved_on_first_request(store: Store) -> None:
+    calls = []
+
+    def factory() -> Store:
+        calls.append(1)
+        return store
+
+    counter = Counter()
+    app, mw = build(counter, CacheSettings(rules=RULES), store=factory)
+    assert calls == []  # nothing opened at build time
+    assert "not opened" in repr(mw.cache)
+    async with client(app) as c:
+        await c.get("/shipments")
+        assert (await c.get("/shipments")).headers["x-cache"] == "HIT"
+    assert calls == [1]
+    await mw.aclose()

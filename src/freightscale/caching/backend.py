@@ -49,40 +49,61 @@ class CacheBackend:
     """Entries, tags, locks and L1 for the caches.
 
     Args:
-        store: where entries live (a view under ``settings.namespace`` is used).
+        store: where entries live (a view under ``settings.namespace`` is used),
+            or a zero-argument callable returning it, called on first use (for
+            a store whose client opens at startup, like ``stack.store(...)``).
+            Default: a ``MemoryStore`` bounded by ``memory_max_bytes``.
         settings: the cache settings section.
         monotonic: clock for the outage back-off (tests inject one).
     """
 
+    store: Store
+    redis: RedisCacheOps | None
+    l1: L1Cache | None
+
     def __init__(
         self,
-        store: Store | None = None,
+        store: Store | Callable[[], Store] | None = None,
         settings: CacheSettings | None = None,
         *,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings = settings or CacheSettings()
-        if store is None:
-            store = MemoryStore(max_bytes=settings.memory_max_bytes)
-        self.root = store
-        self.store = store.with_namespace(settings.namespace)
         self._monotonic = monotonic
-        self.redis: RedisCacheOps | None = None
-        self.l1: L1Cache | None = None
-        if isinstance(self.store, RedisStore):
-            self.redis = RedisCacheOps(
-                self.store, tag_ttl=settings.tag_index_ttl, lock_ttl=settings.lock_ttl
-            )
-            if settings.l1_enabled:
-                self.l1 = L1Cache(settings.l1_max_bytes, settings.l1_ttl, monotonic)
         # Memory-store tag index: tag -> keys, bounded in tags and by age.
         self._tags: TTLCache[str, set[str]] = TTLCache(
             maxsize=100_000, ttl=settings.tag_index_ttl, timer=monotonic
         )
         self._down_until = 0.0
         self._outage = False
+        self._factory: Callable[[], Store] | None = None
+        self.redis = self.l1 = None
+        if store is None:
+            store = MemoryStore(max_bytes=settings.memory_max_bytes)
+        if isinstance(store, Store):
+            self._bind(store)
+        else:
+            self._factory = store
+
+    def _bind(self, store: Store) -> None:
+        settings = self.settings
+        self.root = store
+        self.store = store.with_namespace(settings.namespace)
+        if isinstance(self.store, RedisStore):
+            self.redis = RedisCacheOps(
+                self.store, tag_ttl=settings.tag_index_ttl, lock_ttl=settings.lock_ttl
+            )
+            if settings.l1_enabled:
+                self.l1 = L1Cache(settings.l1_max_bytes, settings.l1_ttl, self._monotonic)
+
+    def _ensure(self) -> None:
+        if self._factory is not None:
+            factory, self._factory = self._factory, None
+            self._bind(factory())
 
     def __repr__(self) -> str:
+        if self._factory is not None:
+            return "CacheBackend(store=<not opened yet>)"
         return f"CacheBackend(store={self.store!r}, l1={self.l1 is not None})"
 
     # -- outage policy ---------------------------------------------------
@@ -122,6 +143,7 @@ class CacheBackend:
     # -- L1 ----------------------------------------------------------------
 
     def _l1_live(self) -> bool:
+        self._ensure()
         if self.l1 is None or self.redis is None:
             return False
         self.redis.start_listener(self._evict_local, self._clear_local)
@@ -155,6 +177,7 @@ class CacheBackend:
 
     async def start(self, timeout: float = 5.0) -> None:
         """Start the L1 invalidation listener now and wait until it listens."""
+        self._ensure()
         if self.l1 is not None and self.redis is not None:
             self._l1_live()
             async with asyncio.timeout(timeout):
@@ -183,6 +206,7 @@ class CacheBackend:
         self, key: str, value: bytes, *, expires_in: float, tags: Iterable[str] = ()
     ) -> bool:
         """Store ``value`` for ``expires_in`` seconds under ``tags``; False if dropped."""
+        self._ensure()
         tags = list(dict.fromkeys(tags))
         try:
             await self._guard(lambda: self.store.set(key, value, expires_in=expires_in))
@@ -211,6 +235,7 @@ class CacheBackend:
 
     async def delete(self, key: str) -> None:
         """Remove one entry everywhere (L2, this L1, other instances' L1)."""
+        self._ensure()
         self._evict_local([key])
         await self._guard(lambda: self.store.delete(key))
         if self.redis is not None:
@@ -228,6 +253,7 @@ class CacheBackend:
         tags = list(dict.fromkeys(tags))
         if not tags:
             return 0
+        self._ensure()
         if self.redis is not None:
             keys = await self._guard(lambda: self.redis.pop_tagged(tags))  # type: ignore[union-attr]
             self._evict_local(list(keys))
@@ -248,6 +274,7 @@ class CacheBackend:
 
         A down store grants the lock (fail open: the handler runs).
         """
+        self._ensure()
         try:
             if self.redis is not None:
                 return await self._guard(lambda: self.redis.lock(key))  # type: ignore[union-attr]
@@ -260,6 +287,7 @@ class CacheBackend:
 
     async def unlock(self, key: str, token: str) -> None:
         """Release a lock taken with :meth:`lock` (errors are ignored: it expires)."""
+        self._ensure()
         if not token:
             return
         try:

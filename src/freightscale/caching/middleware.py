@@ -86,6 +86,8 @@ class ResponseCacheMiddleware:
         config: the cache settings section with its ``rules``.
         store: where entries live; a ``RedisStore`` enables cross-instance
             locks, tags and the two-tier L1 (ignored when ``backend`` is given).
+            May be a zero-argument callable, resolved on the first request
+            (e.g. ``lambda: stack.store("http")``, whose client opens at startup).
         backend: a shared :class:`CacheBackend` (e.g. also used by a ``QueryCache``).
         clock: wall clock for freshness and ``Age`` (tests inject one).
     """
@@ -95,7 +97,7 @@ class ResponseCacheMiddleware:
         app: ASGIApp,
         config: CacheSettings | None = None,
         *,
-        store: Store | None = None,
+        store: Store | Callable[[], Store] | None = None,
         backend: CacheBackend | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
