@@ -8,13 +8,23 @@ cannot be stored.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
+from typing import Any
 
 from freightscale.caching.entry import CacheEntry
-from freightscale.types import Message, Send
+from freightscale.types import Message, Receive, Send
 
-__all__ = ["ResponseCapture", "etag_matches", "send_entry"]
+__all__ = [
+    "ResponseCapture",
+    "discard",
+    "etag_matches",
+    "has_cookie",
+    "labelled",
+    "no_body",
+    "send_entry",
+]
 
 _MAX_AGE = re.compile(r"(?:^|,)\s*(s-maxage|max-age)\s*=\s*\"?(\d+)", re.IGNORECASE)
 _DROP = frozenset({b"age", b"x-cache", b"content-length", b"etag"})
@@ -218,3 +228,45 @@ async def send_entry(
     headers = [*entry.headers, (b"age", age), (b"x-cache", label)]
     await send({"type": "http.response.start", "status": entry.status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else entry.body})
+
+
+def has_cookie(header: bytes, names: frozenset[bytes]) -> bool:
+    """True when the ``Cookie`` header names one of ``names``."""
+    for pair in header.split(b";"):
+        name = pair.partition(b"=")[0].strip()
+        if name in names:
+            return True
+    return False
+
+
+def labelled(send: Send, label: bytes, tag_header: bytes) -> Send:
+    """Wrap ``send``: drop the tag header and add ``X-Cache: <label>``."""
+
+    async def wrapper(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(n, v) for n, v in message.get("headers", []) if n != tag_header]
+            headers.append((b"x-cache", label))
+            message["headers"] = headers
+        await send(message)
+
+    return wrapper
+
+
+async def discard(message: Message) -> None:
+    """A ``send`` that drops everything (background refreshes)."""
+    return None
+
+
+def no_body() -> Receive:
+    """A ``receive`` with an empty body that never disconnects (bounded by a timeout)."""
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.Event().wait()  # never disconnects; the timeout bounds it
+        return {"type": "http.disconnect"}
+
+    return receive
