@@ -10,6 +10,8 @@ import freightscale
 
 MODULES = [
     "freightscale",
+    "freightscale.caching",
+    "freightscale.compression",
     "freightscale.context",
     "freightscale.db",
     "freightscale.decompression",
@@ -18,6 +20,7 @@ MODULES = [
     "freightscale.health",
     "freightscale.responses",
     "freightscale.routing",
+    "freightscale.sessions",
     "freightscale.settings",
     "freightscale.stack",
     "freightscale.stores",

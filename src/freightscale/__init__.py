@@ -5,6 +5,8 @@ The public surface is re-exported here; everything else is private.
 
 from __future__ import annotations
 
+from freightscale.caching import QueryCache, ResponseCacheMiddleware, add_cache_tags
+from freightscale.compression import CompressionMiddleware
 from freightscale.context import Principal, get_principal, get_request_id, get_tenant_id
 from freightscale.db import (
     Database,
@@ -33,6 +35,7 @@ from freightscale.exceptions import (
 from freightscale.health import HealthApp
 from freightscale.responses import FastJSONResponse, json_dumps
 from freightscale.routing import IndexedRouter, use_indexed_router
+from freightscale.sessions import Session, SessionMiddleware, load_session
 from freightscale.settings import FreightScaleSettings
 from freightscale.stack import Stack, build_stack
 from freightscale.stores import MemoryStore, PostgresStore, RedisStore, Store, store_from_url
@@ -42,6 +45,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AuthenticationError",
+    "CompressionMiddleware",
     "ConfigurationError",
     "Database",
     "DatabaseSessionMiddleware",
@@ -58,16 +62,21 @@ __all__ = [
     "PostgresStore",
     "Principal",
     "ProblemResponse",
+    "QueryCache",
     "RateLimitExceeded",
     "RedisStore",
     "RequestDecompressionMiddleware",
     "RequestIdLogFilter",
+    "ResponseCacheMiddleware",
+    "Session",
+    "SessionMiddleware",
     "Stack",
     "Store",
     "StoreError",
     "StoreUnavailableError",
     "TelemetryMiddleware",
     "__version__",
+    "add_cache_tags",
     "build_stack",
     "exception_handlers",
     "get_principal",
@@ -75,6 +84,7 @@ __all__ = [
     "get_session",
     "get_tenant_id",
     "json_dumps",
+    "load_session",
     "primary",
     "problem_response",
     "store_from_url",

@@ -58,9 +58,12 @@ class Stack:
         self._started = False
         self._lock: asyncio.Lock | None = None
 
+        self.layers: dict[str, Any] = {}
+        """The middleware object of each installed component, by name."""
         inner = app
         for component in reversed(components):
             inner = component.wrap(inner, self)
+            self.layers[component.name] = inner
         self.components = tuple(c.name for c in components)
         if settings.health.enabled:
             inner = _HealthRouter(inner, health)
@@ -157,6 +160,14 @@ class Stack:
             ]
             for spec, _ in opened:
                 self.health.unregister(spec.name)
+            # Layers first (they use the resources), innermost first.
+            for name in reversed(self.components):
+                closer = getattr(self.layers.get(name), "aclose", None)
+                if closer is not None:
+                    try:
+                        await closer()
+                    except Exception:
+                        logger.exception("closing the %s layer failed", name)
             self._stores.clear()
             self.resources.clear()
             self._started = False
