@@ -11,6 +11,7 @@ from freightscale.context import scope_state
 from freightscale.health import CheckFunction, HealthApp
 from freightscale.settings import FreightScaleSettings
 from freightscale.stack import layers
+from freightscale.stack.drain import Drain
 from freightscale.stack.layers import Component, Resource
 from freightscale.stack.lifespan import InnerLifespan
 from freightscale.stores.base import Store, join_namespace
@@ -57,6 +58,8 @@ class Stack:
         """The request-scoped database layer, when ``settings.database.enabled``."""
         self._started = False
         self._lock: asyncio.Lock | None = None
+        self.drain = Drain(settings.health, health)
+        """In-flight count and the graceful drain (``docs/health.md``)."""
 
         inner = app
         for component in reversed(components):
@@ -169,7 +172,10 @@ class Stack:
         if not self._started:
             await self.startup()  # the server sent no lifespan events
         scope_state(scope)["stack"] = self
-        await self._chain(scope, receive, send)
+        if scope["type"] == "http":
+            await self.drain.serve(self._chain, scope, receive, send)
+        else:
+            await self._chain(scope, receive, send)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = scope.get("state")
@@ -191,10 +197,12 @@ class Stack:
             await self.aclose()
             await send({"type": "lifespan.startup.failed", "message": failure})
             return
+        self.drain.install_signal_handlers()
         await send({"type": "lifespan.startup.complete"})
 
         message = await receive()
         assert message["type"] == "lifespan.shutdown"
+        await self.drain.shutdown()  # readiness 503, drain_delay, in-flight requests
         failure = await inner.send_and_wait("lifespan.shutdown")
         try:
             await self.aclose()
