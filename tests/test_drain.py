@@ -183,6 +183,19 @@ async def test_grace_period_overrun_is_logged_and_pools_close(
     await held
 
 
+async def test_a_restarted_stack_is_ready_again() -> None:
+    stack = build_stack(Gate(), drain_settings())
+    lifespan = LifespanDriver(stack)
+    await lifespan.startup()
+    await lifespan.shutdown()
+    assert (await request(stack, http_scope("/readyz"))).status == 503
+    again = LifespanDriver(stack)
+    assert (await again.startup())["type"] == "lifespan.startup.complete"
+    assert (await request(stack, http_scope("/readyz"))).status == 200
+    assert (await request(stack, http_scope("/"))).header("connection") == "keep-alive"
+    await again.shutdown()
+
+
 def test_settings_bounds() -> None:
     assert HealthSettings().drain_delay == 0
     assert HealthSettings().drain_on_signal is True
@@ -193,6 +206,12 @@ def test_settings_bounds() -> None:
 
 
 # -- signal hooks, in this process (the server's handler is a stand-in) ---------
+
+
+async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
 
 
 def run_on(loop_name: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -221,7 +240,7 @@ def test_signal_is_held_for_drain_delay_then_handed_over(loop_name: str, style: 
             loop.add_signal_handler(signal.SIGTERM, server_handler, signal.SIGTERM, None)
         try:
             health = HealthApp()
-            drain = Drain(HealthSettings(drain_delay=0.3), health)
+            drain = Drain(HealthSettings(drain_delay=0.5), health)
             drain.install_signal_handlers()
             sent = time.monotonic()
             signal.raise_signal(signal.SIGTERM)
@@ -229,10 +248,10 @@ def test_signal_is_held_for_drain_delay_then_handed_over(loop_name: str, style: 
             assert drain.draining
             assert health.draining
             assert seen == []  # the server does not know yet
-            await asyncio.sleep(0.4)
+            await until(lambda: bool(seen))
             assert len(seen) == 1
             assert seen[0][1] == signal.SIGTERM
-            assert seen[0][0] - sent >= 0.3
+            assert seen[0][0] - sent >= 0.5
             # A later signal goes straight through.
             signal.raise_signal(signal.SIGTERM)
             await asyncio.sleep(0.05)
@@ -272,6 +291,30 @@ def test_second_signal_skips_the_rest_of_the_delay() -> None:
             drain.remove_signal_handlers()
         finally:
             signal.signal(signal.SIGINT, previous)
+
+    asyncio.run(main())
+
+
+def test_signal_after_a_manual_drain_waits_only_the_rest_of_the_delay() -> None:
+    seen: list[float] = []
+
+    async def main() -> None:
+        previous = signal.signal(
+            signal.SIGTERM, lambda signum, frame: seen.append(time.monotonic())
+        )
+        try:
+            drain = Drain(HealthSettings(drain_delay=1.0), HealthApp())
+            drain.install_signal_handlers()
+            drain.begin()  # e.g. a preStop hook calling an admin endpoint
+            began = time.monotonic()
+            await asyncio.sleep(0.7)
+            signal.raise_signal(signal.SIGTERM)
+            await until(lambda: bool(seen))
+            # 1.0 s after the drain began, not 1.0 s after the signal (1.7).
+            assert 1.0 <= seen[0] - began < 1.5
+            drain.remove_signal_handlers()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     asyncio.run(main())
 

@@ -37,6 +37,7 @@ class Stack:
         health: the health app (register more checks on it).
         resources: opened resources by name (``"redis"``); empty before startup.
         components: names of the installed layers, outermost first.
+        drain: in-flight count and the graceful drain on shutdown.
     """
 
     def __init__(
@@ -59,7 +60,6 @@ class Stack:
         self._started = False
         self._lock: asyncio.Lock | None = None
         self.drain = Drain(settings.health, health)
-        """In-flight count and the graceful drain (``docs/health.md``)."""
 
         inner = app
         for component in reversed(components):
@@ -197,7 +197,7 @@ class Stack:
             await self.aclose()
             await send({"type": "lifespan.startup.failed", "message": failure})
             return
-        self.drain.install_signal_handlers()
+        self.drain.start()  # hooks SIGTERM / SIGINT
         await send({"type": "lifespan.startup.complete"})
 
         message = await receive()

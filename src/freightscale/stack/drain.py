@@ -61,6 +61,7 @@ class Drain:
         self._idle: asyncio.Event | None = None
         self._began: float | None = None
         self._pending: asyncio.TimerHandle | None = None
+        self._signalled = False
         self._handed_over = False
         self._restore: list[Callable[[], None]] = []
 
@@ -73,6 +74,19 @@ class Drain:
     def draining(self) -> bool:
         """True once the drain began (readiness answers 503)."""
         return self.health.draining
+
+    def start(self) -> None:
+        """The lifespan-startup half: end a previous drain, then hook the signals.
+
+        A stack started again after a shutdown (tests, embedded servers)
+        serves as ready again.
+        """
+        self.remove_signal_handlers()
+        if self._began is not None:
+            self.health.set_draining(False)
+        self._began = None
+        self._signalled = self._handed_over = False
+        self.install_signal_handlers()
 
     def begin(self) -> None:
         """Start draining now: readiness 503, ``Connection: close`` on responses (idempotent)."""
@@ -184,16 +198,18 @@ class Drain:
                 undo()
 
     def _on_signal(self, loop: asyncio.AbstractEventLoop, original: Callable[[], object]) -> None:
-        if self._began is None:
-            self.begin()
-            delay = self.settings.drain_delay
+        if not self._signalled:
+            self._signalled = True
+            self.begin()  # or keep the drain that began earlier (e.g. an admin endpoint)
+            assert self._began is not None
+            remaining = max(0.0, self.settings.drain_delay - (time.monotonic() - self._began))
             logger.info(
                 "shutdown signal: readiness reports 503 for %gs before the server stops accepting",
-                delay,
+                remaining,
             )
-            self._pending = loop.call_later(delay, self._hand_over, original)
+            self._pending = loop.call_later(remaining, self._hand_over, original)
             return
-        # A second signal (or one after the drain began otherwise): no more waiting.
+        # A second signal: no more waiting.
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None
