@@ -11,6 +11,7 @@ from freightscale.context import scope_state
 from freightscale.health import CheckFunction, HealthApp
 from freightscale.settings import FreightScaleSettings
 from freightscale.stack import layers
+from freightscale.stack.drain import Drain
 from freightscale.stack.layers import Component, Resource
 from freightscale.stack.lifespan import InnerLifespan
 from freightscale.stores.base import Store, join_namespace
@@ -36,6 +37,7 @@ class Stack:
         health: the health app (register more checks on it).
         resources: opened resources by name (``"redis"``); empty before startup.
         components: names of the installed layers, outermost first.
+        drain: in-flight count and the graceful drain on shutdown.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class Stack:
         """The request-scoped database layer, when ``settings.database.enabled``."""
         self._started = False
         self._lock: asyncio.Lock | None = None
+        self.drain = Drain(settings.health, health)
 
         self.layers: dict[str, Any] = {}
         """The middleware object of each installed component, by name."""
@@ -180,7 +183,10 @@ class Stack:
         if not self._started:
             await self.startup()  # the server sent no lifespan events
         scope_state(scope)["stack"] = self
-        await self._chain(scope, receive, send)
+        if scope["type"] == "http":
+            await self.drain.serve(self._chain, scope, receive, send)
+        else:
+            await self._chain(scope, receive, send)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = scope.get("state")
@@ -202,10 +208,12 @@ class Stack:
             await self.aclose()
             await send({"type": "lifespan.startup.failed", "message": failure})
             return
+        self.drain.start()  # hooks SIGTERM / SIGINT
         await send({"type": "lifespan.startup.complete"})
 
         message = await receive()
         assert message["type"] == "lifespan.shutdown"
+        await self.drain.shutdown()  # readiness 503, drain_delay, in-flight requests
         failure = await inner.send_and_wait("lifespan.shutdown")
         try:
             await self.aclose()
