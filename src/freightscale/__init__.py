@@ -12,12 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from freightscale.caching import (
+        CacheBackend,
         QueryCache,
         ResponseCacheMiddleware,
         add_cache_tags,
+        get_response_cache,
     )
     from freightscale.compression import (
         CompressionMiddleware,
+        PrecompressedStaticFiles,
     )
     from freightscale.context import (
         Principal,
@@ -70,6 +73,9 @@ if TYPE_CHECKING:
     from freightscale.settings import (
         FreightScaleSettings,
     )
+    from freightscale.settings.cache import (
+        CacheRule,
+    )
     from freightscale.stack import (
         Stack,
         build_stack,
@@ -90,6 +96,8 @@ __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
     "AuthenticationError": "freightscale.exceptions",
+    "CacheBackend": "freightscale.caching",
+    "CacheRule": "freightscale.settings.cache",
     "CompressionMiddleware": "freightscale.compression",
     "ConfigurationError": "freightscale.exceptions",
     "Database": "freightscale.db",
@@ -105,6 +113,7 @@ _EXPORTS: dict[str, str] = {
     "MissingDependencyError": "freightscale.exceptions",
     "PermissionDenied": "freightscale.exceptions",
     "PostgresStore": "freightscale.stores",
+    "PrecompressedStaticFiles": "freightscale.compression",
     "Principal": "freightscale.context",
     "ProblemResponse": "freightscale.errors",
     "QueryCache": "freightscale.caching",
@@ -125,6 +134,7 @@ _EXPORTS: dict[str, str] = {
     "exception_handlers": "freightscale.errors",
     "get_principal": "freightscale.context",
     "get_request_id": "freightscale.context",
+    "get_response_cache": "freightscale.caching",
     "get_session": "freightscale.db",
     "get_tenant_id": "freightscale.context",
     "json_dumps": "freightscale.responses",
@@ -137,6 +147,8 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "AuthenticationError",
+    "CacheBackend",
+    "CacheRule",
     "CompressionMiddleware",
     "ConfigurationError",
     "Database",
@@ -152,6 +164,7 @@ __all__ = [
     "MissingDependencyError",
     "PermissionDenied",
     "PostgresStore",
+    "PrecompressedStaticFiles",
     "Principal",
     "ProblemResponse",
     "QueryCache",
@@ -173,6 +186,7 @@ __all__ = [
     "exception_handlers",
     "get_principal",
     "get_request_id",
+    "get_response_cache",
     "get_session",
     "get_tenant_id",
     "json_dumps",
