@@ -44,6 +44,8 @@ class Principal(BaseUser):
         roles: role names granted to the principal.
         scopes: OAuth-style scopes; Starlette's ``requires()`` checks these.
         claims: the full verified claim set.
+        permissions: permissions granted through the roles (resolved by RBAC);
+            ``prefix:*`` and ``*`` entries are wildcards.
     """
 
     user_id: str
@@ -51,6 +53,15 @@ class Principal(BaseUser):
     roles: frozenset[str] = frozenset()
     scopes: frozenset[str] = frozenset()
     claims: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    permissions: frozenset[str] = frozenset()
+
+    def has_permission(self, permission: str) -> bool:
+        """True if ``permissions`` grant ``permission`` (exact, ``prefix:*`` or ``*``)."""
+        granted = self.permissions
+        if permission in granted or "*" in granted:
+            return True
+        parts = permission.split(":")
+        return any(":".join(parts[:i]) + ":*" in granted for i in range(1, len(parts)))
 
     @property
     def is_authenticated(self) -> bool:
