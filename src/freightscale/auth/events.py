@@ -209,8 +209,10 @@ class RedisBus:
                         if message is not None and message.get("type") == "message":
                             self._on_message(message.get("data"))
                 finally:
+                    # Bounded: closing a pub/sub connection mid-read must not hang shutdown.
                     with contextlib.suppress(Exception):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+                        async with asyncio.timeout(1.0):
+                            await pubsub.aclose()  # type: ignore[no-untyped-call]
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, TimeoutError) as exc:
@@ -245,9 +247,10 @@ class RedisBus:
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=2.0)
+            if pending:
+                logger.warning("auth event bus: %d task(s) did not stop within 2s", len(pending))
         self._started = False
 
 

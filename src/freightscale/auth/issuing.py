@@ -8,6 +8,7 @@ document, which other services point ``jwks_url`` at.
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -116,7 +117,7 @@ class TokenIssuer:
         payload.update(
             {
                 s.subject_claim: subject,
-                "iat": round(now, 3),
+                "iat": math.floor(now * 1000) / 1000,
                 "nbf": int(now),
                 "exp": int(now + (ttl if ttl is not None else s.access_token_ttl)),
                 "jti": uuid.uuid4().hex,
