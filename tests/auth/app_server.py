@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from freightscale.auth import AuthMiddleware, Authenticator, require_permission
+from freightscale.auth import Authenticator, AuthMiddleware, require_permission
 from freightscale.backends.redis import create_redis_client
 from freightscale.context import get_principal
 from freightscale.settings.auth import AuthSettings

@@ -81,7 +81,9 @@ def claims(**overrides: Any) -> dict[str, Any]:
     return {k: v for k, v in base.items() if v is not None}
 
 
-def hs_token(secret: str = SECRET, alg: str = "HS256", headers: Any = None, **overrides: Any) -> str:
+def hs_token(
+    secret: str = SECRET, alg: str = "HS256", headers: Any = None, **overrides: Any
+) -> str:
     return jwt.encode(claims(**overrides), secret, algorithm=alg, headers=headers)
 
 

@@ -43,7 +43,9 @@ class Provider:
             return JSONResponse(self.document)
 
         app = Starlette(routes=[Route("/jwks.json", jwks)])
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error", lifespan="off")
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="error", lifespan="off"
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from freightscale.auth import AuthMiddleware, Authenticator, TokenVerifier
+from freightscale.auth import Authenticator, AuthMiddleware, TokenVerifier
 from freightscale.context import get_principal
 from freightscale.types import Receive, Scope, Send
 from tests.auth.conftest import bearer, hs_settings, hs_token, make_app

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from freightscale.auth import AuthMiddleware, Authenticator, RedisBus, TokenIssuer
+from freightscale.auth import Authenticator, AuthMiddleware, RedisBus, TokenIssuer
 from freightscale.backends.redis import create_redis_client
 from tests.auth.conftest import SECRET, bearer, hs_settings, hs_token, make_app
 from tests.auth.test_verify import assert_401, get
