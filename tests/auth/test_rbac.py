@@ -132,7 +132,8 @@ async def test_thousand_requests_one_loader_call() -> None:
             response = await client.post("/shipments", headers=bearer(token))
             assert response.status_code == 200
     assert loader.calls == 1
-    assert auth.permissions is not None and auth.permissions.loads == 1
+    assert auth.permissions is not None
+    assert auth.permissions.loads == 1
 
 
 async def test_concurrent_misses_share_one_load() -> None:
