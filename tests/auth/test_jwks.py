@@ -81,7 +81,7 @@ def jwk_of(pair: KeyPair, kid: str) -> dict[str, Any]:
 
 def token(pair: KeyPair, kid: str | None, **overrides: Any) -> str:
     headers = {"kid": kid} if kid is not None else None
-    return jwt.encode(claims(**overrides), pair.private_pem, algorithm="RS256", headers=headers)
+    return jwt.encode(claims(**overrides), pair.key, algorithm="RS256", headers=headers)
 
 
 def settings_for(provider: Provider, **overrides: Any) -> AuthSettings:

@@ -55,7 +55,7 @@ async def test_valid_asymmetric_tokens(
 ) -> None:
     pair = {"RS256": rsa_key, "PS256": rsa_key, "ES256": ec_key, "EdDSA": ed_key}[alg]
     settings = AuthSettings(enabled=True, algorithms=[alg], public_key=pair.public_pem)
-    token = jwt.encode(claims(), pair.private_pem, algorithm=alg)
+    token = jwt.encode(claims(), pair.key, algorithm=alg)
     response = await get(AuthMiddleware(make_app(), settings), bearer(token))
     assert response.status_code == 200
     assert response.json()["user"] == "user-1"
@@ -160,7 +160,7 @@ async def test_es256_token_not_checked_with_rsa_key(rsa_key: KeyPair, ec_key: Ke
     settings = AuthSettings(
         enabled=True, algorithms=["RS256", "ES256"], public_key=rsa_key.public_pem
     )
-    token = jwt.encode(claims(), ec_key.private_pem, algorithm="ES256")
+    token = jwt.encode(claims(), ec_key.key, algorithm="ES256")
     assert_401(await get(AuthMiddleware(make_app(), settings), bearer(token)), "signing key")
 
 

@@ -37,7 +37,10 @@ def _load_private(pem: str) -> Any:
 
 def public_key_of(private_pem: str) -> VerificationKey:
     """Return the verification key matching a PEM private key."""
-    key = _load_private(private_pem)
+    return _public_of(_load_private(private_pem))
+
+
+def _public_of(key: Any) -> VerificationKey:
     public = key.public_key()
     if isinstance(key, rsa.RSAPrivateKey):
         return VerificationKey("RSA", public)
@@ -80,7 +83,7 @@ class TokenIssuer:
                     f"FREIGHTSCALE_AUTH__PRIVATE_KEY is empty; {self.algorithm} needs it to sign"
                 )
             self._key = _load_private(pem)
-            self._public = public_key_of(pem)
+            self._public = _public_of(self._key)
             if not self._public_accepts():
                 raise ConfigurationError(
                     f"FREIGHTSCALE_AUTH__PRIVATE_KEY is a {self._public.family} key, which "
