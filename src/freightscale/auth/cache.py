@@ -85,7 +85,10 @@ class VerificationCache:
 
     def get(self, key: bytes) -> CachedToken | None:
         """The live entry for ``key``, or None."""
-        return self._positive.get(key)
+        try:  # one lookup instead of get()'s contains-then-getitem
+            return self._positive[key]
+        except KeyError:
+            return None
 
     def put(self, key: bytes, entry: CachedToken) -> None:
         """Cache a verified token (no-op when disabled or already expired)."""

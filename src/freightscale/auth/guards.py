@@ -109,9 +109,12 @@ class PermissionRequirement:
 
         @functools.wraps(endpoint)
         async def guarded(*args: Any, **kwargs: Any) -> Any:
-            conn = next(
-                (a for a in (*args, *kwargs.values()) if isinstance(a, HTTPConnection)), None
-            )
+            if args and isinstance(args[0], HTTPConnection):
+                conn: HTTPConnection | None = args[0]
+            else:
+                conn = next(
+                    (a for a in (*args, *kwargs.values()) if isinstance(a, HTTPConnection)), None
+                )
             if conn is None:
                 raise TypeError(f"{endpoint.__qualname__} received no request to check")
             try:

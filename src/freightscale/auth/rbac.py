@@ -20,10 +20,9 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Protocol
+from typing import Protocol, TypeVar
 from urllib.parse import quote
 
-from cachetools import TTLCache
 from opentelemetry import metrics
 
 from freightscale.auth.events import Event, EventBus
@@ -39,6 +38,8 @@ _loader_calls = _meter.create_counter(
 )
 
 _Key = tuple[str | None, int, frozenset[str]]
+_T = TypeVar("_T")
+_V = TypeVar("_V")
 
 
 class PermissionLoader(Protocol):
@@ -89,8 +90,12 @@ class PermissionCache:
         self.store = store
         self.ttl = ttl
         self.timeout = timeout
-        self._versions: TTLCache[str | None, int] = TTLCache(max_entries, ttl, timer=clock)
-        self._sets: TTLCache[_Key, frozenset[str]] = TTLCache(max_entries, ttl, timer=clock)
+        self.max_entries = max_entries
+        self._clock = clock
+        # Plain dicts with deadlines: the warm path is two dict reads and one clock call.
+        # Bounded by max_entries (the oldest entry is dropped first).
+        self._versions: dict[str | None, tuple[int, float]] = {}
+        self._sets: dict[_Key, tuple[frozenset[str], float]] = {}
         self._inflight: dict[_Key | str | None, asyncio.Future[frozenset[str]]] = {}
         self._failing = False
         self.loads = 0
@@ -100,10 +105,16 @@ class PermissionCache:
 
     def cached(self, tenant_id: str | None, roles: frozenset[str]) -> frozenset[str] | None:
         """The locally cached permissions, or None (no I/O)."""
-        version = self._versions.get(tenant_id)
-        if version is None:
+        known = self._versions.get(tenant_id)
+        if known is None:
             return None
-        return self._sets.get((tenant_id, version, roles))
+        found = self._sets.get((tenant_id, known[0], roles))
+        if found is None:
+            return None
+        now = self._clock()
+        if now >= known[1] or now >= found[1]:
+            return None
+        return found[0]
 
     async def get(self, tenant_id: str | None, roles: frozenset[str]) -> frozenset[str]:
         """Return the permissions of ``roles`` in ``tenant_id``, loading them if needed."""
@@ -130,7 +141,8 @@ class PermissionCache:
     async def _resolve(self, tenant_id: str | None, roles: frozenset[str]) -> frozenset[str]:
         tpart = _tenant_part(tenant_id)
         digest = hashlib.sha256("\n".join(sorted(roles)).encode()).hexdigest()[:32]
-        version = self._versions.get(tenant_id)
+        known = self._versions.get(tenant_id)
+        version = known[0] if known is not None and self._clock() < known[1] else None
         try:
             async with asyncio.timeout(self.timeout):
                 if version is None:
@@ -167,10 +179,11 @@ class PermissionCache:
     def _remember(
         self, tenant_id: str | None, version: int, roles: frozenset[str], perms: frozenset[str]
     ) -> None:
+        deadline = self._clock() + self.ttl
         current = self._versions.get(tenant_id)
-        if current is None or current <= version:
-            self._versions[tenant_id] = version
-        self._sets[(tenant_id, version, roles)] = perms
+        if current is None or current[0] <= version or self._clock() >= current[1]:
+            _bounded_put(self._versions, tenant_id, (version, deadline), self.max_entries)
+        _bounded_put(self._sets, (tenant_id, version, roles), (perms, deadline), self.max_entries)
 
     async def bump(self, tenant_id: str | None) -> int:
         """Invalidate the permissions of ``tenant_id`` everywhere; return the new version.
@@ -191,8 +204,9 @@ class PermissionCache:
             tenant, version = event.get("t"), event.get("v")
             if (tenant is None or isinstance(tenant, str)) and isinstance(version, int):
                 current = self._versions.get(tenant)
-                if current is None or current < version:
-                    self._versions[tenant] = version
+                if current is None or current[0] < version:
+                    deadline = self._clock() + self.ttl
+                    _bounded_put(self._versions, tenant, (version, deadline), self.max_entries)
 
     def _outage(self, exc: BaseException) -> None:
         if not self._failing:
@@ -203,6 +217,13 @@ class PermissionCache:
         if self._failing:
             logger.warning("permission cache store recovered")
         self._failing = False
+
+
+def _bounded_put(table: dict[_T, _V], key: _T, value: _V, limit: int) -> None:
+    table.pop(key, None)  # re-insert at the end: insertion order is age order
+    while len(table) >= limit:
+        del table[next(iter(table))]
+    table[key] = value
 
 
 def _encode(perms: frozenset[str]) -> bytes:

@@ -30,6 +30,7 @@ from opentelemetry import metrics
 from freightscale.auth.events import Event, EventBus
 from freightscale.exceptions import StoreError, StoreUnavailableError
 from freightscale.stores.base import Store
+from freightscale.stores.memory import MemoryStore
 
 __all__ = ["RevocationList"]
 
@@ -90,6 +91,9 @@ class RevocationList:
         self._users: TTLCache[tuple[str | None, str], float] = TTLCache(max_local, ttl)
         self._tenants: TTLCache[str, float] = TTLCache(max_local, ttl)
         self._failing = False
+        # False until this instance hears of any revocation: the hot path's only check then.
+        self._active = False
+        self._sequential = isinstance(store, MemoryStore)
         bus.subscribe(self.apply)
 
     # -- writing ---------------------------------------------------------------------------
@@ -132,6 +136,8 @@ class RevocationList:
     def apply(self, event: Event) -> None:
         """Apply one bus event to the local tables."""
         kind = event.get("k")
+        if kind in ("jti", "user", "tenant"):
+            self._active = True
         if kind == "reset":
             self._reset()
         elif kind == "jti" and isinstance(event.get("j"), str):
@@ -163,6 +169,8 @@ class RevocationList:
         self, jti: str | None, user_id: str, tenant_id: str | None, iat: float | None
     ) -> bool:
         """True if a revocation this instance has heard of covers the token (no I/O)."""
+        if not self._active:
+            return False
         if self._jtis and jti is not None and jti in self._jtis:
             return True
         if self._users:
@@ -192,7 +200,10 @@ class RevocationList:
             keys.append(f"jti:{_part(jti)}")
         try:
             async with asyncio.timeout(self.timeout):
-                values = await asyncio.gather(*(self.store.get(k) for k in keys))
+                if self._sequential:  # memory: nothing to overlap, tasks would only cost
+                    values = [await self.store.get(k) for k in keys]
+                else:
+                    values = list(await asyncio.gather(*(self.store.get(k) for k in keys)))
         except (StoreError, TimeoutError, OSError) as exc:
             _store_errors.add(1)
             if not self._failing:
