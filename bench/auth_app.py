@@ -53,9 +53,7 @@ def build(variant: str, key_pem: str = "") -> Any:
     if variant == "none":
         return Starlette(routes=[Route("/json", plain)])
     inner = Starlette(routes=[Route("/json", guarded)])
-    return AuthMiddleware(
-        inner, settings_for(variant, key_pem), permission_loader=load_permissions
-    )
+    return AuthMiddleware(inner, settings_for(variant, key_pem), permission_loader=load_permissions)
 
 
 app = build(os.environ.get("FS_BENCH_VARIANT", "none"), os.environ.get("FS_BENCH_KEY", ""))

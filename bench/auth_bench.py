@@ -70,7 +70,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_port(port: int, timeout: float = 30) -> None:
+def wait_port(port: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -82,7 +82,7 @@ def wait_port(port: int, timeout: float = 30) -> None:
 
 
 def run_wrk(port: int, token: str | None, duration: float, connections: int) -> float:
-    args = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s"]
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s"]
     if token:
         args += ["-H", f"Authorization: Bearer {token}"]
     args.append(f"http://127.0.0.1:{port}/json")
@@ -180,7 +180,7 @@ def in_process(args: argparse.Namespace) -> dict[str, list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per wrk run")
+    parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--inprocess", action="store_true", help="drive ASGI directly")
     parser.add_argument("--requests", type=int, default=20_000, help="per in-process round")

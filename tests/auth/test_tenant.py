@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
 
 from freightscale.auth import AuthMiddleware, install_tenant_guc
 from freightscale.context import Principal, bind_principal
@@ -101,6 +102,23 @@ async def test_guc_hook_on_session_and_engine(database_url: str) -> None:
             assert (await conn.execute(SHOW)).scalar() in (None, "")
     finally:
         await engine.dispose()
+
+
+class CustomSession(Session):
+    pass
+
+
+class CustomAsyncSession(AsyncSession):
+    sync_session_class = CustomSession
+
+
+async def test_guc_hook_keeps_a_custom_sync_session_class(engine: AsyncEngine) -> None:
+    factory = async_sessionmaker(engine, class_=CustomAsyncSession)
+    install_tenant_guc(factory)
+    with bind_principal(Principal("u1", tenant_id="acme")):
+        async with factory() as session:
+            assert isinstance(session.sync_session, CustomSession)
+            assert (await session.execute(SHOW)).scalar() == "acme"
 
 
 def test_guc_hook_rejects_other_objects() -> None:

@@ -121,7 +121,9 @@ def _sessionmaker_sync_class(factory: Any) -> Any:
     # made private to this factory so other factories are not affected.
     from sqlalchemy.orm import Session
 
-    base = factory.kw.get("sync_session_class") or Session
+    base = factory.kw.get("sync_session_class") or getattr(
+        factory.class_, "sync_session_class", Session
+    )
     private = type(f"Tenant{base.__name__}", (base,), {})
     factory.kw["sync_session_class"] = private
     return private
