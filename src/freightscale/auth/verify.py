@@ -30,7 +30,7 @@ from freightscale.auth.keys import (
     algorithm_family,
     load_public_key,
 )
-from freightscale.exceptions import AuthenticationError
+from freightscale.exceptions import AuthenticationError, ConfigurationError
 from freightscale.settings.auth import AuthSettings
 
 __all__ = ["InvalidToken", "TokenVerifier"]
@@ -81,6 +81,16 @@ class TokenVerifier:
             from freightscale.auth.issuing import public_key_of
 
             self._public = public_key_of(settings.private_key.get_secret_value())
+        if self._secret is None and any(a.startswith("HS") for a in self.algorithms):
+            raise ConfigurationError(
+                "FREIGHTSCALE_AUTH__ALGORITHMS allows HMAC but FREIGHTSCALE_AUTH__SECRET is empty"
+            )
+        asymmetric = any(not a.startswith("HS") for a in self.algorithms)
+        if asymmetric and self._public is None and not settings.jwks_url and jwks is None:
+            raise ConfigurationError(
+                "FREIGHTSCALE_AUTH__ALGORITHMS allows an asymmetric algorithm but no key is set: "
+                "set FREIGHTSCALE_AUTH__PUBLIC_KEY, __JWKS_URL or __PRIVATE_KEY"
+            )
         if jwks is None and settings.jwks_url:
             jwks = JWKSKeySource(
                 settings.jwks_url,
