@@ -233,3 +233,31 @@ async def test_revocation_across_two_processes(two_apps: list[AppProcess]) -> No
             await asyncio.sleep(0.02)
         assert 'error="invalid_token"' in response.headers["www-authenticate"]
         assert response.json()["detail"] == "the token has been revoked"
+
+
+@pytest.mark.slow
+async def test_revocation_on_a_redis_cluster(redis_cluster_url: str, redis_prefix: str) -> None:
+    from freightscale.backends.redis import ensure_ready
+
+    clients = [create_redis_client(redis_cluster_url), create_redis_client(redis_cluster_url)]
+    for client in clients:
+        await ensure_ready(client)
+    settings = hs_settings(key_prefix=redis_prefix, revocation_sync_interval=0.5)
+    a = Authenticator(settings, redis=clients[0])
+    b = Authenticator(settings, redis=clients[1])
+    app_b = AuthMiddleware(make_app(), authenticator=b)
+    token = hs_token(jti="cluster-1")
+    try:
+        assert (await get(app_b, bearer(token))).status_code == 200
+        await a.start()
+        await a.revocations.revoke_token("cluster-1")
+
+        async def b_rejects() -> bool:
+            return (await get(app_b, bearer(token))).status_code == 401
+
+        assert await _until(b_rejects, 3.0) <= 0.5 + 1.5
+    finally:
+        await a.aclose()
+        await b.aclose()
+        for client in clients:
+            await client.aclose()
