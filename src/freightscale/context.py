@@ -28,7 +28,9 @@ __all__ = [
     "get_principal",
     "get_request_id",
     "get_tenant_id",
+    "reset_principal",
     "scope_state",
+    "set_principal",
 ]
 
 SCOPE_KEY = "freightscale"
@@ -115,6 +117,23 @@ def get_tenant_id(scope: Scope | None = None) -> str | None:
 def get_request_id() -> str | None:
     """Return the current request id, or None outside a request."""
     return _request_id.get()
+
+
+def set_principal(
+    principal: Principal | None, scope: Scope | None = None
+) -> contextvars.Token[Principal | None]:
+    """Make ``principal`` current until :func:`reset_principal` (a hot-path
+    alternative to :func:`bind_principal` with no generator); record it in ``scope``."""
+    if scope is not None:
+        scope_state(scope)["principal"] = principal
+        if principal is not None:
+            scope["user"] = principal
+    return _principal.set(principal)
+
+
+def reset_principal(token: contextvars.Token[Principal | None]) -> None:
+    """Undo :func:`set_principal`."""
+    _principal.reset(token)
 
 
 @contextmanager

@@ -22,9 +22,11 @@ from freightscale.context import Principal
 __all__ = ["CachedToken", "VerificationCache", "token_key"]
 
 
-def token_key(token: str) -> bytes:
-    """The cache key of ``token``: a 16-byte BLAKE2b digest."""
-    return hashlib.blake2b(token.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+def token_key(token: str | bytes) -> bytes:
+    """The cache key of ``token``: a 16-byte BLAKE2b digest of its UTF-8 bytes."""
+    if isinstance(token, str):
+        token = token.encode("utf-8", "surrogateescape")
+    return hashlib.blake2b(token, digest_size=16).digest()
 
 
 @dataclass(slots=True, eq=False)

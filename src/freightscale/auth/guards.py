@@ -66,6 +66,9 @@ class PermissionRequirement:
         if not permissions or not all(isinstance(p, str) and p for p in permissions):
             raise ValueError("require_permission() needs one or more non-empty permission names")
         self.permissions = permissions
+        # Each permission with every grant that covers it ("a:b" <- "a:b", "a:*", "*"),
+        # so a check is one C-level isdisjoint() per permission.
+        self._covering = [(p, frozenset(_covering(p))) for p in permissions]
         # What FastAPI sees when this object is a dependency: one HTTPConnection parameter.
         self.__signature__ = inspect.Signature(
             [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD,
@@ -86,8 +89,9 @@ class PermissionRequirement:
         principal = get_principal(conn.scope)
         if principal is None:
             raise NotAuthenticated()
-        for permission in self.permissions:
-            if not principal.has_permission(permission):
+        granted = principal.permissions
+        for permission, covering in self._covering:
+            if granted.isdisjoint(covering):
                 raise Forbidden(f"missing permission {permission!r}")
         return principal
 
@@ -126,6 +130,11 @@ class PermissionRequirement:
             return await run_in_threadpool(endpoint, *args, **kwargs)
 
         return guarded
+
+
+def _covering(permission: str) -> list[str]:
+    parts = permission.split(":")
+    return [permission, "*", *(":".join(parts[:i]) + ":*" for i in range(1, len(parts)))]
 
 
 def require_permission(*permissions: str) -> PermissionRequirement:

@@ -25,6 +25,7 @@ import re
 
 from starlette.authentication import AuthCredentials, UnauthenticatedUser
 
+from freightscale.auth.cache import token_key
 from freightscale.auth.events import EventBus
 from freightscale.auth.keys import JWKSKeySource
 from freightscale.auth.rbac import PermissionLoader
@@ -32,7 +33,7 @@ from freightscale.auth.service import Authenticator
 from freightscale.auth.tenant import TenantGuard
 from freightscale.auth.verify import InvalidToken
 from freightscale.backends.redis import RedisClient
-from freightscale.context import bind_principal
+from freightscale.context import reset_principal, set_principal
 from freightscale.errors import problem_response
 from freightscale.exceptions import ConfigurationError, StoreUnavailableError
 from freightscale.settings.auth import AuthSettings
@@ -103,26 +104,34 @@ class AuthMiddleware:
         if self.exempt and _under(path, self.exempt):
             await self.app(scope, receive, send)
             return
-        token: str | None = None
+        raw: bytes | None = None
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
                 if value[:7].lower() == b"bearer ":
-                    token = _token(value[7:])
-                    if token is None:
+                    raw = value[7:]
+                    if raw[:1] == b" " or raw[-1:] == b" ":
+                        raw = raw.strip()
+                    if _TOKEN.fullmatch(raw) is None:
                         await self._reject(scope, receive, send, "the bearer token is malformed")
                         return
                 break
-        if token is None:
+        if raw is None:
             if self.require_auth and not (self.public and _under(path, self.public)):
                 await self._reject(scope, receive, send, None)
                 return
             scope["user"] = UnauthenticatedUser()
             scope["auth"] = AuthCredentials()
-            with bind_principal(None, scope):
+            reset = set_principal(None, scope)
+            try:
                 await self.app(scope, receive, send)
+            finally:
+                reset_principal(reset)
             return
         try:
-            principal, credentials = await self.authenticator.authenticate(token)
+            # The raw header bytes are hashed as they are: no decode/encode round trip.
+            principal, credentials = await self.authenticator.authenticate(
+                raw.decode("ascii"), key=token_key(raw)
+            )
         except InvalidToken as exc:
             await self._reject(scope, receive, send, exc.description)
             return
@@ -135,8 +144,11 @@ class AuthMiddleware:
                 await self._respond(scope, receive, send, 403, violation, None)
                 return
         scope["auth"] = credentials
-        with bind_principal(principal, scope):
+        reset = set_principal(principal, scope)
+        try:
             await self.app(scope, receive, send)
+        finally:
+            reset_principal(reset)
 
     async def _reject(
         self, scope: Scope, receive: Receive, send: Send, description: str | None
@@ -184,10 +196,3 @@ def _under(path: str, prefixes: tuple[str, ...]) -> bool:
         ):
             return True
     return False
-
-
-def _token(raw: bytes) -> str | None:
-    raw = raw.strip()
-    if _TOKEN.fullmatch(raw) is None:
-        return None
-    return raw.decode("ascii")

@@ -133,8 +133,12 @@ class Authenticator:
                 await self.bus.start()
                 self._started = True
 
-    async def authenticate(self, token: str) -> tuple[Principal, AuthCredentials]:
+    async def authenticate(
+        self, token: str, *, key: bytes | None = None
+    ) -> tuple[Principal, AuthCredentials]:
         """Return the principal and Starlette credentials for ``token``.
+
+        ``key`` is ``token_key(token)`` when the caller already has it.
 
         Raises:
             InvalidToken: the token is invalid or revoked (HTTP 401).
@@ -142,7 +146,8 @@ class Authenticator:
         """
         if not self._started:
             await self.start()
-        key = token_key(token)
+        if key is None:
+            key = token_key(token)
         entry = self.cache.get(key)
         principal: Principal
         if entry is not None:
