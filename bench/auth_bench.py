@@ -81,21 +81,34 @@ def wait_port(port: int, timeout: float = 120) -> None:
     raise TimeoutError(f"server on {port} did not start")
 
 
-def run_wrk(port: int, token: str | None, duration: float, connections: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(
+    port: int, token: str | None, duration: float, connections: int, pid: int | None = None
+) -> tuple[float, float]:
+    """Run wrk; return (requests/s of wall time, requests per CPU-second of the server)."""
     args = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s"]
     if token:
         args += ["-H", f"Authorization: Bearer {token}"]
     args.append(f"http://127.0.0.1:{port}/json")
+    cpu_before = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(pid) - cpu_before if pid else 0.0
     if "Non-2xx" in out:
         raise RuntimeError(f"wrk saw errors:\n{out}")
     match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if match is None:
+    total = re.search(r"(\d+) requests in", out)
+    if match is None or total is None:
         raise RuntimeError(out)
-    return float(match.group(1))
+    per_cpu = int(total.group(1)) / cpu if cpu > 0 else 0.0
+    return float(match.group(1)), per_cpu
 
 
-def with_servers(args: argparse.Namespace) -> dict[str, list[float]]:
+def with_servers(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk); or use --inprocess")
     key, pem = make_key()
@@ -117,13 +130,17 @@ def with_servers(args: argparse.Namespace) -> dict[str, list[float]]:
         for variant, (_, port) in servers.items():  # warm up (and warm the caches)
             run_wrk(port, tokens[variant], 1, 4)
         results: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        per_cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
         for round_no in range(args.rounds):
             for variant in VARIANTS:
-                rps = run_wrk(servers[variant][1], tokens[variant], args.duration, args.connections)
+                proc, port = servers[variant]
+                rps, rpc = run_wrk(port, tokens[variant], args.duration, args.connections, proc.pid)
                 results[variant].append(rps)
+                per_cpu[variant].append(rpc)
             print(f"round {round_no + 1}: " + "  ".join(
-                f"{v}={results[v][-1]:.0f}" for v in VARIANTS), flush=True)  # fmt: skip
-        return results
+                f"{v}={results[v][-1]:.0f}/s ({per_cpu[v][-1]:.0f}/cpu-s)" for v in VARIANTS),
+                flush=True)  # fmt: skip
+        return results, per_cpu
     finally:
         for proc, _ in servers.values():
             proc.terminate()
@@ -188,12 +205,21 @@ def main() -> None:
     args = parser.parse_args()
     print("command: python " + " ".join(sys.argv))
     print(f"cpus: {os.cpu_count()}  load average: {os.getloadavg()}")
-    results = in_process(args) if args.inprocess else with_servers(args)
+    if args.inprocess:
+        report("requests per CPU-second, in process", in_process(args))
+        return
+    wall, per_cpu = with_servers(args)
+    report("requests/s (wall clock; noisy on a shared machine)", wall)
+    report("requests per CPU-second of the server process", per_cpu)
+
+
+def report(title: str, results: dict[str, list[float]]) -> None:
     baseline = statistics.median(results["none"])
-    print(f"\n{'variant':<14} {'median req/s':>12} {'ratio to none':>14}")
+    print(f"\n{title}")
+    print(f"{'variant':<14} {'median':>10} {'ratio to none':>14}")
     for variant in VARIANTS:
         median = statistics.median(results[variant])
-        print(f"{variant:<14} {median:>12.0f} {median / baseline:>13.2f}x")
+        print(f"{variant:<14} {median:>10.0f} {median / baseline:>13.2f}x")
 
 
 if __name__ == "__main__":
