@@ -229,3 +229,18 @@ async def test_warm_hot_path_makes_zero_redis_round_trips(redis_server: RedisSer
         observer.close()
         await auth.aclose()
         await client.aclose()
+
+
+async def test_tenant_none_and_tenant_dash_do_not_share_permissions() -> None:
+    calls: list[str | None] = []
+
+    async def loader(tenant_id: str | None, roles: frozenset[str]) -> list[str]:
+        calls.append(tenant_id)
+        return ["admin:*"] if tenant_id is None else []
+
+    store = MemoryStore()
+    first = PermissionCache(loader, store, MemoryBus())
+    assert await first.get(None, frozenset({"r"})) == frozenset({"admin:*"})
+    second = PermissionCache(loader, store, MemoryBus())  # another instance, same store
+    assert await second.get("-", frozenset({"r"})) == frozenset()
+    assert calls == [None, "-"]

@@ -139,7 +139,7 @@ async def test_new_instance_sees_earlier_revocation_in_store(
         assert_401(await get(app_b, bearer(token)), "revoked")
         assert_401(await get(app_b, bearer(hs_token(tenant="initech"))), "revoked")
         assert (await get(app_b, bearer(hs_token()))).status_code == 200
-        ttl = await redis_pair[0].ttl(f"{redis_prefix}:auth:revoked:jti:stored-1")
+        ttl = await redis_pair[0].ttl(f"{redis_prefix}:auth:revoked:jti:=stored-1")
         assert 0 < ttl <= 60
     finally:
         await a.aclose()

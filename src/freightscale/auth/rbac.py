@@ -59,7 +59,8 @@ def has_permission(granted: frozenset[str], required: str) -> bool:
 
 
 def _tenant_part(tenant_id: str | None) -> str:
-    return "-" if tenant_id is None else quote(tenant_id, safe="")
+    # "-" for no tenant cannot collide with a tenant id, which always starts with "=".
+    return "-" if tenant_id is None else "=" + quote(tenant_id, safe="")
 
 
 class PermissionCache:

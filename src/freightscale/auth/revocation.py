@@ -44,7 +44,8 @@ _store_errors = metrics.get_meter("freightscale").create_counter(
 
 
 def _part(value: str | None) -> str:
-    return "-" if value is None else quote(value, safe="")
+    # "-" for None cannot collide with a real value, which always starts with "=".
+    return "-" if value is None else "=" + quote(value, safe="")
 
 
 class RevocationList:

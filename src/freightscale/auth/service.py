@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from types import MappingProxyType
 from typing import Any
 
 from opentelemetry import metrics
@@ -211,7 +212,8 @@ class Authenticator:
             tenant_id=claims.get(tenant_claim),
             roles=frozenset(claims.get(roles_claim) or ()),
             scopes=scope_set,
-            claims=claims,
+            # Read-only: the principal is cached and shared by every request with this token.
+            claims=MappingProxyType(claims),
         )
 
     async def aclose(self) -> None:
