@@ -23,18 +23,14 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from opentelemetry import metrics
 from redis.exceptions import RedisError
 
 from freightscale.backends.redis import RedisClient
+from freightscale.telemetry import get_counter
 
 __all__ = ["Event", "EventBus", "MemoryBus", "RedisBus"]
 
 logger = logging.getLogger("freightscale.auth")
-_meter = metrics.get_meter("freightscale")
-_bus_errors = _meter.create_counter(
-    "freightscale.auth.bus_errors", description="Failed Redis calls of the auth event bus"
-)
 
 Event = dict[str, Any]
 Handler = Callable[[Event], None]
@@ -232,8 +228,10 @@ class RedisBus:
             self._deliver(event)
 
     def _outage(self, what: str, exc: BaseException) -> None:
-        _bus_errors.add(1)
         if not self._failing:
+            get_counter("freightscale.backend.outages").add(
+                1, {"service": "redis", "component": "auth.events"}
+            )
             logger.warning("auth event bus: %s failed (%r); retrying", what, exc)
         self._failing = True
 

@@ -38,6 +38,7 @@ from freightscale.errors import problem_response
 from freightscale.exceptions import ConfigurationError, StoreUnavailableError
 from freightscale.settings.auth import AuthSettings
 from freightscale.stores.base import Store
+from freightscale.telemetry import get_counter
 from freightscale.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["AuthMiddleware"]
@@ -92,6 +93,7 @@ class AuthMiddleware:
         self.exempt = tuple(settings.exempt_paths)
         self.public = tuple(settings.public_paths)
         self.tenant_guard = TenantGuard(settings)
+        self._failures = get_counter("freightscale.auth.failures")
 
     def __repr__(self) -> str:
         return f"AuthMiddleware({self.authenticator!r})"
@@ -153,6 +155,7 @@ class AuthMiddleware:
     async def _reject(
         self, scope: Scope, receive: Receive, send: Send, description: str | None
     ) -> None:
+        self._failures.add(1, _reason(description))
         if description is None:
             challenge = 'Bearer realm="api"'
             detail = "authentication required"
@@ -187,6 +190,16 @@ class AuthMiddleware:
     async def aclose(self) -> None:
         """Stop the authenticator's background tasks (call on application shutdown)."""
         await self.authenticator.aclose()
+
+
+def _reason(description: str | None) -> dict[str, str]:
+    if description is None:
+        return {"reason": "missing"}
+    if "revoked" in description:
+        return {"reason": "revoked"}
+    if "expired" in description:
+        return {"reason": "expired"}
+    return {"reason": "invalid"}
 
 
 def _under(path: str, prefixes: tuple[str, ...]) -> bool:

@@ -23,22 +23,18 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol, TypeVar
 from urllib.parse import quote
 
-from opentelemetry import metrics
-
 from freightscale.auth.events import Event, EventBus
 from freightscale.exceptions import StoreError
 from freightscale.stores.base import Store
+from freightscale.telemetry import get_counter
 
 __all__ = ["PermissionCache", "PermissionLoader", "has_permission"]
 
 logger = logging.getLogger("freightscale.auth")
-_meter = metrics.get_meter("freightscale")
-_loader_calls = _meter.create_counter(
-    "freightscale.auth.permission_loads", description="Calls of the app's permission loader"
-)
 
 _Key = tuple[str | None, int, frozenset[str]]
 _T = TypeVar("_T")
+_MISS = {"result": "miss"}
 _V = TypeVar("_V")
 
 
@@ -174,7 +170,7 @@ class PermissionCache:
 
     async def _load(self, tenant_id: str | None, roles: frozenset[str]) -> frozenset[str]:
         self.loads += 1
-        _loader_calls.add(1)
+        get_counter("freightscale.auth.permission_cache").add(1, _MISS)
         return frozenset(str(p) for p in await self.loader(tenant_id, roles))
 
     def _remember(
@@ -210,7 +206,13 @@ class PermissionCache:
                     _bounded_put(self._versions, tenant, (version, deadline), self.max_entries)
 
     def _outage(self, exc: BaseException) -> None:
+        get_counter("freightscale.backend.fallbacks").add(
+            1, {"component": "auth.permissions", "policy": "loader"}
+        )
         if not self._failing:
+            get_counter("freightscale.backend.outages").add(
+                1, {"service": "store", "component": "auth.permissions"}
+            )
             logger.warning("permission cache store unavailable (%r); using the loader", exc)
         self._failing = True
 

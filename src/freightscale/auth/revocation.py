@@ -25,22 +25,18 @@ from typing import Literal, TypeVar
 from urllib.parse import quote
 
 from cachetools import TTLCache
-from opentelemetry import metrics
 
 from freightscale.auth.events import Event, EventBus
 from freightscale.exceptions import StoreError, StoreUnavailableError
 from freightscale.stores.base import Store
 from freightscale.stores.memory import MemoryStore
+from freightscale.telemetry import get_counter
 
 __all__ = ["RevocationList"]
 
 _K = TypeVar("_K")
 
 logger = logging.getLogger("freightscale.auth")
-_store_errors = metrics.get_meter("freightscale").create_counter(
-    "freightscale.auth.revocation_store_errors",
-    description="Revocation checks that could not reach the store",
-)
 
 
 def _part(value: str | None) -> str:
@@ -206,8 +202,13 @@ class RevocationList:
                 else:
                     values = list(await asyncio.gather(*(self.store.get(k) for k in keys)))
         except (StoreError, TimeoutError, OSError) as exc:
-            _store_errors.add(1)
+            get_counter("freightscale.backend.fallbacks").add(
+                1, {"component": "auth.revocation", "policy": self.fail_mode}
+            )
             if not self._failing:
+                get_counter("freightscale.backend.outages").add(
+                    1, {"service": "store", "component": "auth.revocation"}
+                )
                 logger.warning("revocation store unavailable (%r); failing %s", exc, self.fail_mode)
             self._failing = True
             if self.fail_mode == "closed":

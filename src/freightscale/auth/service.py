@@ -19,7 +19,6 @@ import logging
 from types import MappingProxyType
 from typing import Any
 
-from opentelemetry import metrics
 from starlette.authentication import AuthCredentials
 
 from freightscale.auth.cache import CachedToken, VerificationCache, token_key
@@ -33,14 +32,13 @@ from freightscale.context import Principal
 from freightscale.settings.auth import AuthSettings
 from freightscale.stores.base import Store
 from freightscale.stores.memory import MemoryStore
+from freightscale.telemetry import get_counter
 
 __all__ = ["Authenticator"]
 
 logger = logging.getLogger("freightscale.auth")
-_verifications = metrics.get_meter("freightscale").create_counter(
-    "freightscale.auth.verifications",
-    description="Tokens verified cryptographically (cache misses)",
-)
+_HIT = {"result": "hit"}
+_MISS = {"result": "miss"}
 
 
 class Authenticator:
@@ -115,6 +113,8 @@ class Authenticator:
             )
         self._started = False
         self._start_lock = asyncio.Lock()
+        self._token_cache = get_counter("freightscale.auth.token_cache")
+        self._permission_cache = get_counter("freightscale.auth.permission_cache")
         self._claims = (
             settings.subject_claim,
             settings.tenant_claim,
@@ -152,6 +152,7 @@ class Authenticator:
         entry = self.cache.get(key)
         principal: Principal
         if entry is not None:
+            self._token_cache.add(1, _HIT)
             principal = entry.principal
             if self.revocations.revoked_locally(
                 entry.jti, principal.user_id, principal.tenant_id, entry.iat
@@ -163,9 +164,15 @@ class Authenticator:
             principal = entry.principal
         perms: frozenset[str] | None = None
         if self.permissions is not None:
+            loads_before = self.permissions.loads
             perms = self.permissions.cached(principal.tenant_id, principal.roles)
             if perms is None:
+                # get() counts the miss when it calls the loader; a store hit counts as a hit.
                 perms = await self.permissions.get(principal.tenant_id, principal.roles)
+                if self.permissions.loads == loads_before:
+                    self._permission_cache.add(1, _HIT)
+            else:
+                self._permission_cache.add(1, _HIT)
         resolved = entry.resolved
         if resolved is not None and entry.permissions is perms:
             return resolved
@@ -179,15 +186,15 @@ class Authenticator:
     async def _verify(self, key: bytes, token: str) -> CachedToken:
         failure = self.cache.get_negative(key)
         if failure is not None:
+            self._token_cache.add(1, _HIT)
             raise InvalidToken(failure)
+        self._token_cache.add(1, _MISS)
         try:
             claims = await self.verifier.verify(token)
         except InvalidToken as exc:
-            _verifications.add(1, {"result": "invalid"})
             if exc.cacheable:
                 self.cache.put_negative(key, exc.description)
             raise
-        _verifications.add(1, {"result": "valid"})
         principal = self._principal(claims)
         jti = claims.get("jti")
         iat = claims.get("iat")

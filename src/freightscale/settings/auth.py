@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator
 
 from freightscale.settings._base import Section
 
@@ -26,9 +26,11 @@ class AuthSettings(Section):
     """JWT verification, its caches, revocation, the permission cache and tenants.
 
     Keys come from ``secret`` (HMAC), ``public_key`` (one PEM) and/or
-    ``jwks_url``. An HMAC algorithm is only ever checked against ``secret``
-    and an asymmetric one only against a public key of its own type, so a
-    public key can never be used as an HMAC secret.
+    ``jwks_url``; building the middleware fails with a ConfigurationError
+    naming the variable when an allowed algorithm has no key. An HMAC
+    algorithm is only ever checked against ``secret`` and an asymmetric one
+    only against a public key of its own type, so a public key can never be
+    used as an HMAC secret.
     """
 
     enabled: bool = False
@@ -189,23 +191,3 @@ class AuthSettings(Section):
             if not path.startswith("/"):
                 raise ValueError(f"path prefix {path!r} must start with '/'")
         return value
-
-    @model_validator(mode="after")
-    def _check_keys(self) -> AuthSettings:
-        if not self.enabled:
-            return self
-        has_hmac = any(a in HMAC_ALGORITHMS for a in self.algorithms)
-        has_asym = any(a not in HMAC_ALGORITHMS for a in self.algorithms)
-        if has_hmac and not self.secret.get_secret_value():
-            raise ValueError(
-                "an HMAC algorithm is allowed but the secret is empty; "
-                "set FREIGHTSCALE_AUTH__SECRET (32+ bytes)"
-            )
-        if has_asym and not (
-            self.public_key or self.jwks_url or self.private_key.get_secret_value()
-        ):
-            raise ValueError(
-                "an asymmetric algorithm is allowed but none of FREIGHTSCALE_AUTH__PUBLIC_KEY, "
-                "FREIGHTSCALE_AUTH__JWKS_URL or FREIGHTSCALE_AUTH__PRIVATE_KEY is set"
-            )
-        return self
