@@ -30,9 +30,7 @@ async def test_cache_and_failure_metrics(monkeypatch: pytest.MonkeyPatch) -> Non
     for module in (middleware_module, rbac_module, service_module):
         monkeypatch.setattr(module, "get_counter", get_counter)
 
-    app = AuthMiddleware(
-        make_app(), hs_settings(require_auth=True), permission_loader=Loader()
-    )
+    app = AuthMiddleware(make_app(), hs_settings(require_auth=True), permission_loader=Loader())
     token = hs_token()
     for _ in range(3):
         assert (await get(app, bearer(token))).status_code == 200
