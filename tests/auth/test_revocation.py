@@ -261,3 +261,24 @@ async def test_revocation_on_a_redis_cluster(redis_cluster_url: str, redis_prefi
         await b.aclose()
         for client in clients:
             await client.aclose()
+
+
+async def test_bus_with_a_client_that_opens_later(redis_url: str, redis_prefix: str) -> None:
+    """As in build_stack: components are built before the shared client opens."""
+    holder: list[Any] = []
+    bus = RedisBus(lambda: holder[0] if holder else None, key_prefix=redis_prefix)
+    auth = Authenticator(hs_settings(key_prefix=redis_prefix), bus=bus)
+    app = AuthMiddleware(make_app(), authenticator=auth)
+    try:
+        assert (await get(app, bearer(hs_token()))).status_code == 200
+        assert not bus.started  # no client yet: nothing started, nothing failed
+        holder.append(create_redis_client(redis_url))
+        assert (await get(app, bearer(hs_token()))).status_code == 200
+        assert bus.started
+        await auth.revocations.revoke_token("late-1")
+        length = await holder[0].xlen(f"{redis_prefix}:auth:log")
+        assert length == 1
+    finally:
+        await auth.aclose()
+        if holder:
+            await holder[0].aclose()

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from redis.exceptions import RedisError
 
 from freightscale.backends.redis import RedisClient
+from freightscale.exceptions import StoreUnavailableError
 from freightscale.telemetry import get_counter
 
 __all__ = ["Event", "EventBus", "MemoryBus", "RedisBus"]
@@ -38,6 +39,11 @@ Handler = Callable[[Event], None]
 
 class EventBus(Protocol):
     """Delivers invalidation events to every instance (this one included)."""
+
+    @property
+    def started(self) -> bool:
+        """True once background delivery runs (always true without background work)."""
+        ...
 
     def subscribe(self, handler: Handler) -> None:
         """Call ``handler`` with every event (published here or elsewhere)."""
@@ -62,6 +68,11 @@ class MemoryBus:
     def __init__(self) -> None:
         self._handlers: list[Handler] = []
 
+    @property
+    def started(self) -> bool:
+        """Always true: nothing runs in the background."""
+        return True
+
     def subscribe(self, handler: Handler) -> None:
         """Register ``handler``."""
         self._handlers.append(handler)
@@ -82,7 +93,9 @@ class RedisBus:
     """An :class:`EventBus` over Redis pub/sub plus a capped stream.
 
     Args:
-        client: a client from :func:`~freightscale.backends.redis.create_redis_client`.
+        client: a client from :func:`~freightscale.backends.redis.create_redis_client`,
+            or a function returning it (or None while it is not open yet), for
+            components built before the shared client opens.
         key_prefix: prefix of the channel and stream names.
         sync_interval: seconds between reads of the stream (the bound for missed messages).
         pubsub: also subscribe to the channel for immediate delivery.
@@ -91,14 +104,14 @@ class RedisBus:
 
     def __init__(
         self,
-        client: RedisClient,
+        client: RedisClient | Callable[[], RedisClient | None],
         *,
         key_prefix: str = "fs",
         sync_interval: float = 5.0,
         pubsub: bool = True,
         max_events: int = 10_000,
     ) -> None:
-        self.client = client
+        self._source = client
         self.channel = f"{key_prefix}:auth:events"
         self.stream = f"{key_prefix}:auth:log"
         self.sync_interval = sync_interval
@@ -112,6 +125,18 @@ class RedisBus:
 
     def __repr__(self) -> str:
         return f"RedisBus(channel={self.channel!r}, started={self._started})"
+
+    @property
+    def started(self) -> bool:
+        """True once the background tasks run."""
+        return self._started
+
+    def _client(self) -> RedisClient:
+        source = self._source
+        client = source() if callable(source) and not hasattr(source, "xadd") else source
+        if client is None:
+            raise StoreUnavailableError("the Redis client of the auth event bus is not open yet")
+        return client  # type: ignore[return-value]
 
     def subscribe(self, handler: Handler) -> None:
         """Register ``handler``."""
@@ -132,13 +157,19 @@ class RedisBus:
         """
         self._deliver(event)
         data = json.dumps(event, separators=(",", ":"))
-        await self.client.xadd(self.stream, {"e": data}, maxlen=self.max_events, approximate=True)
-        await self.client.publish(self.channel, data)
+        await self._client().xadd(
+            self.stream, {"e": data}, maxlen=self.max_events, approximate=True
+        )
+        await self._client().publish(self.channel, data)
 
     async def start(self) -> None:
         """Start the stream poller and the pub/sub listener once."""
         if self._started:
             return
+        try:
+            self._client()
+        except StoreUnavailableError:
+            return  # not open yet: the next request tries again
         self._started = True
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await self._init_position()
@@ -149,7 +180,7 @@ class RedisBus:
             )
 
     async def _init_position(self) -> None:
-        last = await self.client.xrevrange(self.stream, "+", "-", count=1)
+        last = await self._client().xrevrange(self.stream, "+", "-", count=1)
         self._last_id = _id(last[0][0]) if last else "0-0"
 
     async def poll(self) -> int:
@@ -158,12 +189,12 @@ class RedisBus:
             await self._init_position()
             return 0
         applied = 0
-        first = await self.client.xrange(self.stream, "-", "+", count=1)
+        first = await self._client().xrange(self.stream, "-", "+", count=1)
         if first and _newer(_id(first[0][0]), self._last_id) and self._last_id != "0-0":
             # The stream was trimmed past what we read: some events may be lost.
             self._deliver({"k": "reset"})
         while True:
-            entries = await self.client.xrange(self.stream, f"({self._last_id}", "+", count=500)
+            entries = await self._client().xrange(self.stream, f"({self._last_id}", "+", count=500)
             entries = entries or []
             for entry_id, fields in entries:
                 self._last_id = _id(entry_id)
@@ -192,7 +223,7 @@ class RedisBus:
         delay = 0.1
         while True:
             try:
-                pubsub = self.client.pubsub()
+                pubsub = self._client().pubsub()
                 try:
                     await pubsub.subscribe(self.channel)
                     await self.poll()  # catch up on what was published while we were away

@@ -132,7 +132,7 @@ class Authenticator:
         async with self._start_lock:
             if not self._started:
                 await self.bus.start()
-                self._started = True
+                self._started = self.bus.started
 
     async def authenticate(
         self, token: str, *, key: bytes | None = None
