@@ -11,6 +11,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from freightscale.auth import (
+        Authenticator,
+        AuthMiddleware,
+        TokenIssuer,
+        install_tenant_guc,
+        require_permission,
+    )
     from freightscale.caching import (
         CacheBackend,
         QueryCache,
@@ -95,7 +102,9 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
+    "AuthMiddleware": "freightscale.auth",
     "AuthenticationError": "freightscale.exceptions",
+    "Authenticator": "freightscale.auth",
     "CacheBackend": "freightscale.caching",
     "CacheRule": "freightscale.settings.cache",
     "CompressionMiddleware": "freightscale.compression",
@@ -129,6 +138,7 @@ _EXPORTS: dict[str, str] = {
     "StoreError": "freightscale.exceptions",
     "StoreUnavailableError": "freightscale.exceptions",
     "TelemetryMiddleware": "freightscale.telemetry",
+    "TokenIssuer": "freightscale.auth",
     "add_cache_tags": "freightscale.caching",
     "build_stack": "freightscale.stack",
     "exception_handlers": "freightscale.errors",
@@ -137,16 +147,20 @@ _EXPORTS: dict[str, str] = {
     "get_response_cache": "freightscale.caching",
     "get_session": "freightscale.db",
     "get_tenant_id": "freightscale.context",
+    "install_tenant_guc": "freightscale.auth",
     "json_dumps": "freightscale.responses",
     "load_session": "freightscale.sessions",
     "primary": "freightscale.db",
     "problem_response": "freightscale.errors",
+    "require_permission": "freightscale.auth",
     "store_from_url": "freightscale.stores",
     "use_indexed_router": "freightscale.routing",
 }
 
 __all__ = [
+    "AuthMiddleware",
     "AuthenticationError",
+    "Authenticator",
     "CacheBackend",
     "CacheRule",
     "CompressionMiddleware",
@@ -180,6 +194,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailableError",
     "TelemetryMiddleware",
+    "TokenIssuer",
     "__version__",
     "add_cache_tags",
     "build_stack",
@@ -189,10 +204,12 @@ __all__ = [
     "get_response_cache",
     "get_session",
     "get_tenant_id",
+    "install_tenant_guc",
     "json_dumps",
     "load_session",
     "primary",
     "problem_response",
+    "require_permission",
     "store_from_url",
     "use_indexed_router",
 ]
