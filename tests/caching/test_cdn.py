@@ -148,6 +148,28 @@ async def test_app_cache_control_is_kept_and_bounds_the_ttl(clock: Clock) -> Non
     await mw.aclose()
 
 
+async def test_rule_vary_headers_reach_the_cdn(clock: Clock) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def page(request: Any) -> JSONResponse:
+        lang = request.headers.get("accept-language", "")
+        return JSONResponse({"lang": lang}, headers={"vary": "Accept-Encoding"})
+
+    app = Starlette(routes=[Route("/page", page)])
+    rule = CacheRule(path="/page", ttl=60, vary=("Accept-Language",), cdn=True)
+    mw = ResponseCacheMiddleware(app, CacheSettings(rules=(rule,)), clock=clock)
+    async with client(mw) as c:
+        for label in ("MISS", "HIT"):
+            r = await c.get("/page", headers={"accept-language": "de"})
+            assert r.headers["x-cache"] == label
+            assert r.headers.get_list("vary") == ["Accept-Encoding, accept-language"]
+        r = await c.get("/page", headers={"accept-language": "fr"})
+        assert (r.headers["x-cache"], r.json()) == ("MISS", {"lang": "fr"})
+    await mw.aclose()
+
+
 async def test_never_on_unstorable_or_credentialed_responses(setup: Any) -> None:
     c, _, _, _ = setup
     for path in ("/cookie", "/nostore", "/varies"):

@@ -11,7 +11,8 @@
   ``stale-while-revalidate`` / ``stale-if-error``,
 - ``s-maxage`` (and the stale directives) in ``Cache-Control``, which
   browsers ignore; a response without ``Cache-Control`` gets ``max-age=0``
-  for browsers, so they revalidate (cheaply, by ETag) instead of guessing.
+  for browsers, so they revalidate (cheaply, by ETag) instead of guessing,
+- the rule's ``vary`` headers in ``Vary``, so the CDN keys on what the cache keys on.
 
 Headers the app set itself win. The headers are stored with the entry, so a
 hit costs nothing extra. ``tenant``/``user`` rules emit nothing unless the
@@ -135,6 +136,15 @@ def apply_cdn_headers(
                     browser += f", {word}={int(seconds)}"
             entry.headers = [(n, v) for n, v in entry.headers if n != b"cache-control"]
             added.append((b"cache-control", browser.encode("latin-1")))
+    if rule.vary:
+        # The cache keys on these request headers; the CDN must too.
+        vary = b", ".join(v for n, v in entry.headers if n == b"vary").decode("latin-1")
+        listed = {f.strip().lower() for f in vary.split(",") if f.strip()}
+        missing = [h for h in rule.vary if h not in listed]
+        if missing:
+            entry.headers = [(n, v) for n, v in entry.headers if n != b"vary"]
+            fields = [f.strip() for f in vary.split(",") if f.strip()] + missing
+            added.append((b"vary", ", ".join(fields).encode("latin-1")))
     entry.headers.extend(added)
     return True
 
