@@ -18,12 +18,13 @@ from pydantic import ValidationError
 
 from freightscale.caching import CacheBackend, ResponseCacheMiddleware
 from freightscale.caching.cdn import HttpPurger, PurgeDispatcher
+from freightscale.exceptions import StoreUnavailableError
 from freightscale.settings.cache import CacheRule, CacheSettings
 from freightscale.stores import MemoryStore
 from freightscale.stores.redis import RedisStore
 from tests.caching.apps import Counter, build
 from tests.caching.conftest import Clock
-from tests.servers import free_port, wait_port
+from tests.servers import RedisServer, free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CDN_HEADERS = ("surrogate-key", "cache-tag", "surrogate-control", "cdn-cache-control")
@@ -403,3 +404,26 @@ async def test_memory_backend_from_code_hook() -> None:
     backend.set_purge_hook(None)
     await backend.invalidate(["z"])
     assert hook.calls == [["x", "y"]]
+
+
+async def test_purge_runs_even_when_the_cache_store_is_down(
+    redis_server: RedisServer, clock: Clock
+) -> None:
+    store = RedisStore.from_url(redis_server.url)
+    hook = Recorder()
+    settings = CacheSettings(rules=RULES, store_timeout=0.5, l1_enabled=False)
+    app, mw = build(Counter(), settings, store=store, clock=clock, purge=hook)
+    try:
+        async with client(app) as c:
+            await c.get("/shipments")
+            redis_server.stop()
+            with pytest.raises(StoreUnavailableError):
+                await mw.cache.invalidate(tags=["shipments"])
+            assert hook.calls == [["shipments"]]
+            r = await c.post("/shipments/3", headers={"authorization": "Bearer ann@acme"})
+            assert r.status_code == 200
+            await mw.cache.cdn.drain()
+            assert hook.calls[-1] == ["shipment:3", "tenant:acme"]
+    finally:
+        await mw.aclose()
+        await store.aclose()
