@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 from urllib.parse import parse_qs, unquote
 
+import redis
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -46,6 +47,11 @@ __all__ = [
     "ping",
     "translate_redis_error",
 ]
+
+try:  # redis-py >= 7: without an explicit version, every new connection reads package metadata
+    from redis.driver_info import DriverInfo as _DriverInfo
+except ImportError:  # pragma: no cover - older redis-py resolves its version once at import
+    _DriverInfo = None  # type: ignore[assignment,misc]
 
 RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
 """What :func:`create_redis_client` returns: a single-node/Sentinel or a Cluster client."""
@@ -172,6 +178,11 @@ def create_redis_client(settings: RedisSettings | str, **overrides: Any) -> Redi
         "password": target.password,
         "client_name": settings.client_name or None,
     }
+    if _DriverInfo is not None:
+        # redis-py would otherwise call importlib.metadata.version("redis") in every
+        # Connection.__init__: a scan of sys.path (os.stat per entry) on the event loop
+        # each time the pool opens a connection. The version is known at import.
+        common["driver_info"] = _DriverInfo(lib_version=redis.__version__)
     common.update(overrides)
     if target.kind == "cluster":
         return RedisCluster(
