@@ -31,22 +31,37 @@ opts out with ``@pytest.mark.allow_blocking``.
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Generator, Iterator
+from contextlib import contextmanager
+from types import ModuleType
 
 import blockbuster.blockbuster as _bb
 import pytest
 
-__all__ = ["ALLOWED", "SCANNED_MODULES", "RecordingBlockingError", "blocking_guard"]
+import freightscale
+
+__all__ = [
+    "ALLOWED",
+    "SCANNED_MODULES",
+    "RecordingBlockingError",
+    "blocking_guard",
+    "expect_blocking",
+    "synthetic_freightscale_module",
+]
 
 SCANNED_MODULES = ["freightscale"]
 """Packages whose frames make a blocking call on the loop an error."""
 
 # Blocking calls that are accepted, with the reason; (file suffix, function names).
 ALLOWED = [
-    # asyncpg reads ~/.pgpass (PGPASSFILE) when the URL carries no password, once per
-    # new connection (bounded by the pool size), like libpq does: a tiny local file.
-    # Moving it off the loop would mean re-implementing asyncpg's parameter resolution.
-    ("asyncpg/connect_utils.py", {"_read_password_file"}),
+    # asyncpg resolves its connect parameters like libpq, once per new connection
+    # (bounded by the pool size): it stats and reads ~/.pgpass when the URL has no
+    # password and looks for ~/.postgresql/postgresql.{crt,key} for sslmode=prefer.
+    # Tiny local files; moving them off the loop would mean re-implementing
+    # asyncpg's parameter resolution. Nothing else in asyncpg is allowed.
+    ("asyncpg/connect_utils.py", {"_parse_connect_dsn_and_args"}),
 ]
 """Third-party functions allowed to block even under a freightscale frame."""
 
@@ -113,3 +128,29 @@ def blocking_guard(request: pytest.FixtureRequest) -> Iterator[_bb.BlockBuster |
             "blocks on purpose.",
             pytrace=False,
         )
+
+
+@contextmanager
+def expect_blocking(func: str) -> Iterator[None]:
+    """Assert the block raises the guard's error for ``func`` (e.g. ``"time.sleep"``).
+
+    The expected error is then not reported again at teardown.
+    """
+    with pytest.raises(_bb.BlockingError, match=re.escape(f"Blocking call to {func}")):
+        yield
+    _raised.remove(func)
+
+
+def synthetic_freightscale_module(name: str, source: str) -> ModuleType:
+    """Build a module from ``source`` whose code counts as freightscale's for the guard.
+
+    Its code objects carry a file name inside freightscale's package directory
+    (blockbuster recognises scanned code by file name); no file is written and
+    nothing is added to ``sys.modules``. Used to prove the guard catches
+    blocking calls in freightscale code without shipping blocking code.
+    """
+    path = os.path.join(freightscale.__path__[0], f"{name}.py")
+    module = ModuleType(f"freightscale.{name}")
+    module.__file__ = path
+    exec(compile(source, path, "exec"), module.__dict__)
+    return module
