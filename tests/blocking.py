@@ -62,6 +62,9 @@ ALLOWED = [
     # Tiny local files; moving them off the loop would mean re-implementing
     # asyncpg's parameter resolution. Nothing else in asyncpg is allowed.
     ("asyncpg/connect_utils.py", {"_parse_connect_dsn_and_args"}),
+    # FastAPI looks up each endpoint's source file (inspect.getsourcefile/lines) on
+    # its first request, for error messages, and caches the result per endpoint.
+    ("fastapi/routing.py", {"_extract_endpoint_context"}),
 ]
 """Third-party functions allowed to block even under a freightscale frame."""
 

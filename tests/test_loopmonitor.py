@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -191,7 +192,9 @@ async def test_warnings_are_rate_limited(
         for _ in range(2):
             await asyncio.sleep(0.05)
             await stall(0.25)
-    assert len(warnings_of(caplog)) == 2
+    logged = [r.getMessage() for r in warnings_of(caplog)]
+    # Both stalls logged (a busy shared machine may add a genuine stall of its own).
+    assert sum("block_the_loop_on_purpose" in m for m in logged) == 2
 
 
 def test_log_limiter_counts_what_it_held_back() -> None:
@@ -223,7 +226,9 @@ async def test_held_back_stalls_are_counted_in_the_next_warning(
         await stall(0.25)
     first, second = warnings_of(caplog)
     assert "more stall" not in first.getMessage()
-    assert "1 more stall(s) since the last warning" in second.getMessage()
+    held = re.search(r"(\d+) more stall\(s\) since the last warning", second.getMessage())
+    assert held is not None
+    assert int(held.group(1)) >= 1  # the second stall (plus any the busy machine caused)
 
 
 async def test_clean_shutdown_leaves_no_thread_or_task(provider: MeterProvider) -> None:
@@ -314,6 +319,40 @@ async def test_middleware_runs_the_monitor_for_the_lifespan(provider: MeterProvi
 
     sent = await run_lifespan(app, during)
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert not app.monitor.running
+    assert watchdogs() == []
+
+
+async def test_middleware_composes_with_fastapi_and_its_lifespan(provider: MeterProvider) -> None:
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+
+    events: list[str] = []
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        events.append("app startup")
+        yield
+        events.append("app shutdown")
+
+    api = FastAPI(lifespan=lifespan)
+
+    @api.get("/ping")
+    async def ping() -> dict[str, str]:
+        return {"pong": "yes"}
+
+    app = LoopMonitorMiddleware(api, fast(), meter_provider=provider)
+
+    async def during() -> None:
+        assert app.monitor.running
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            assert (await client.get("/ping")).json() == {"pong": "yes"}
+
+    sent = await run_lifespan(app, during)
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert events == ["app startup", "app shutdown"]
     assert not app.monitor.running
     assert watchdogs() == []
 
