@@ -41,6 +41,7 @@ from types import TracebackType
 from opentelemetry import metrics
 
 from freightscale.settings.loopmonitor import LoopMonitorSettings
+from freightscale.telemetry import INSTRUMENTATION_NAME
 from freightscale.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["LAG_BUCKETS", "LAG_METRIC", "LoopLagMonitor", "LoopMonitorMiddleware"]
@@ -121,7 +122,7 @@ class LoopLagMonitor:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings if settings is not None else LoopMonitorSettings()
-        meter = metrics.get_meter("freightscale", meter_provider=meter_provider)
+        meter = metrics.get_meter(INSTRUMENTATION_NAME, meter_provider=meter_provider)
         self._histogram = meter.create_histogram(
             LAG_METRIC,
             unit="s",
