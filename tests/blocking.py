@@ -65,6 +65,9 @@ ALLOWED = [
     # FastAPI looks up each endpoint's source file (inspect.getsourcefile/lines) on
     # its first request, for error messages, and caches the result per endpoint.
     ("fastapi/routing.py", {"_extract_endpoint_context"}),
+    # SQLAlchemy's pysqlite dialect makes a SQLite file path absolute (os.getcwd) when
+    # an engine is created: once per engine, at build time, no disk access.
+    ("sqlalchemy/dialects/sqlite/pysqlite.py", {"create_connect_args"}),
 ]
 """Third-party functions allowed to block even under a freightscale frame."""
 
