@@ -387,6 +387,61 @@ async def test_disabled_middleware_passes_through(provider: MeterProvider) -> No
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
 
 
+# --- under a real server --------------------------------------------------------------
+
+
+async def block_handler(request: Request) -> PlainTextResponse:
+    time.sleep(0.4)  # blocks the server's loop on purpose (only in the uvicorn subprocess)
+    return PlainTextResponse("blocked")
+
+
+e2e_app = LoopMonitorMiddleware(
+    Starlette(routes=[Route("/ok", hello), Route("/block", block_handler)]),
+    LoopMonitorSettings(enabled=True, probe_interval=0.05, lag_threshold=0.1, log_interval=0),
+)
+"""Served by uvicorn in ``test_under_uvicorn_a_blocking_handler_is_logged_with_its_stack``."""
+
+
+def test_under_uvicorn_a_blocking_handler_is_logged_with_its_stack() -> None:
+    from tests.servers import free_port
+
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "tests.test_loopmonitor:e2e_app", "--port", str(port),
+         "--host", "127.0.0.1", "--log-level", "info", "--lifespan", "on"],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/ok", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, "uvicorn exited"
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.1)
+        assert httpx.get(f"{base}/block", timeout=10).text == "blocked"
+        assert httpx.get(f"{base}/ok", timeout=5).status_code == 200
+    finally:
+        proc.terminate()
+        try:
+            output = proc.communicate(timeout=15)[0].decode()
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output = proc.communicate()[0].decode()
+    # uvicorn re-raises the SIGTERM after a graceful shutdown.
+    assert proc.returncode in (0, -15), output
+    assert "event loop blocked" in output, output
+    assert "in block_handler" in output, output  # the stack sampled during the stall
+    assert "Application shutdown complete" in output, output  # the monitor closed cleanly
+    assert "Finished server process" in output, output
+    assert "Traceback" not in output.split("event loop blocked")[0], output
+
+
 # --- the blocking-call guard ----------------------------------------------------------
 
 BLOCKING_SOURCE = """
