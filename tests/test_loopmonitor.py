@@ -273,6 +273,30 @@ def test_watchdog_exits_when_the_loop_ends_without_aclose() -> None:
     assert watchdogs() == []
 
 
+def test_a_loop_closed_under_a_pending_probe_stops_the_watchdog() -> None:
+    monitor = LoopLagMonitor(fast())
+    loop = asyncio.new_event_loop()
+
+    async def main() -> None:
+        monitor.start()
+        await asyncio.sleep(0.03)
+
+    loop.run_until_complete(main())
+    loop.close()  # the probe task is never cancelled
+    assert not monitor.running
+    deadline = time.monotonic() + 2.0
+    while watchdogs() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert watchdogs() == []
+
+    async def again() -> None:
+        monitor.start()
+        assert monitor.running
+        await monitor.aclose()
+
+    asyncio.run(again())
+
+
 # --- the middleware -------------------------------------------------------------------
 
 

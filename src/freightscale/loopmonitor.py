@@ -139,9 +139,14 @@ class LoopLagMonitor:
 
     @property
     def running(self) -> bool:
-        """Whether the probe task is alive."""
+        """Whether the probe task is alive (on a loop that is not closed)."""
         run = self._run
-        return run is not None and run.task is not None and not run.task.done()
+        return (
+            run is not None
+            and run.task is not None
+            and not run.task.done()
+            and not run.loop.is_closed()
+        )
 
     def start(self) -> None:
         """Start probing the running event loop (idempotent; no-op when disabled).
