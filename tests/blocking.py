@@ -68,6 +68,9 @@ ALLOWED = [
     # SQLAlchemy's pysqlite dialect makes a SQLite file path absolute (os.getcwd) when
     # an engine is created: once per engine, at build time, no disk access.
     ("sqlalchemy/dialects/sqlite/pysqlite.py", {"create_connect_args"}),
+    # The standard library loads its MIME-type table (/etc/mime.types...) lazily, once
+    # per process, on the first mimetypes.guess_type() — e.g. Starlette's FileResponse.
+    ("mimetypes.py", {"init"}),
 ]
 """Third-party functions allowed to block even under a freightscale frame."""
 

@@ -504,6 +504,27 @@ async def test_guard_ignores_helper_threads() -> None:
     assert await asyncio.to_thread(module.sync_helper) == "done"
 
 
+REDIS_CLIENT_SOURCE = """
+import redis.asyncio as aioredis
+
+async def ping(url, **kwargs):
+    client = aioredis.Redis.from_url(url, **kwargs)
+    try:
+        return await client.ping()
+    finally:
+        await client.aclose()
+"""
+
+
+async def test_guard_finding_redis_clients_need_driver_kwargs(redis_url: str) -> None:
+    from freightscale.backends.redis import driver_kwargs
+
+    module = synthetic_freightscale_module("_guard_redis", REDIS_CLIENT_SOURCE)
+    with expect_blocking("os.stat"):  # redis-py scans package metadata per client
+        await module.ping(redis_url)
+    assert await module.ping(redis_url, **driver_kwargs()) is True
+
+
 def test_guard_fails_tests_under_pytest(tmp_path: Path) -> None:
     """Run a test file with the plugin in a child pytest and read the outcomes."""
     test_file = tmp_path / "test_guarded.py"

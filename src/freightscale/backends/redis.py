@@ -42,6 +42,7 @@ __all__ = [
     "RedisClient",
     "RedisTarget",
     "create_redis_client",
+    "driver_kwargs",
     "ensure_ready",
     "parse_redis_url",
     "ping",
@@ -178,11 +179,7 @@ def create_redis_client(settings: RedisSettings | str, **overrides: Any) -> Redi
         "password": target.password,
         "client_name": settings.client_name or None,
     }
-    if _DriverInfo is not None:
-        # redis-py would otherwise call importlib.metadata.version("redis") in every
-        # Connection.__init__: a scan of sys.path (os.stat per entry) on the event loop
-        # each time the pool opens a connection. The version is known at import.
-        common["driver_info"] = _DriverInfo(lib_version=redis.__version__)
+    common.update(driver_kwargs())
     common.update(overrides)
     if target.kind == "cluster":
         return RedisCluster(
@@ -220,6 +217,20 @@ def create_redis_client(settings: RedisSettings | str, **overrides: Any) -> Redi
     )
     # from_pool: the client owns the pool, so aclose() disconnects it too.
     return aioredis.Redis.from_pool(pool)
+
+
+def driver_kwargs() -> dict[str, Any]:
+    """Keyword arguments every ``redis.asyncio`` client built on the event loop needs.
+
+    Without an explicit ``driver_info``, redis-py >= 7 calls
+    ``importlib.metadata.version("redis")`` in every client and connection
+    constructor: a scan of ``sys.path`` (an ``os.stat`` per entry) on the event
+    loop each time. The version is known at import. Empty for older redis-py.
+    Use it as ``redis.asyncio.Redis(host=host, port=port, **driver_kwargs())``.
+    """
+    if _DriverInfo is None:  # pragma: no cover - older redis-py
+        return {}
+    return {"driver_info": _DriverInfo(lib_version=redis.__version__)}
 
 
 async def ensure_ready(client: RedisClient) -> None:
