@@ -19,6 +19,8 @@ import pytest
 
 from tests.servers import RedisClusterServers, RedisServer
 
+pytest_plugins = ["tests.blocking"]
+
 REDIS_URL = os.environ.get("FREIGHTSCALE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 DATABASE_URL = os.environ.get(
     "FREIGHTSCALE_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"

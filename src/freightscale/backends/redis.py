@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 from urllib.parse import parse_qs, unquote
 
+import redis
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -41,11 +42,17 @@ __all__ = [
     "RedisClient",
     "RedisTarget",
     "create_redis_client",
+    "driver_kwargs",
     "ensure_ready",
     "parse_redis_url",
     "ping",
     "translate_redis_error",
 ]
+
+try:  # redis-py >= 7: without an explicit version, every new connection reads package metadata
+    from redis.driver_info import DriverInfo as _DriverInfo
+except ImportError:  # pragma: no cover - older redis-py resolves its version once at import
+    _DriverInfo = None  # type: ignore[assignment,misc]
 
 RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
 """What :func:`create_redis_client` returns: a single-node/Sentinel or a Cluster client."""
@@ -172,6 +179,7 @@ def create_redis_client(settings: RedisSettings | str, **overrides: Any) -> Redi
         "password": target.password,
         "client_name": settings.client_name or None,
     }
+    common.update(driver_kwargs())
     common.update(overrides)
     if target.kind == "cluster":
         return RedisCluster(
@@ -209,6 +217,20 @@ def create_redis_client(settings: RedisSettings | str, **overrides: Any) -> Redi
     )
     # from_pool: the client owns the pool, so aclose() disconnects it too.
     return aioredis.Redis.from_pool(pool)
+
+
+def driver_kwargs() -> dict[str, Any]:
+    """Keyword arguments every ``redis.asyncio`` client built on the event loop needs.
+
+    Without an explicit ``driver_info``, redis-py >= 7 calls
+    ``importlib.metadata.version("redis")`` in every client and connection
+    constructor: a scan of ``sys.path`` (an ``os.stat`` per entry) on the event
+    loop each time. The version is known at import. Empty for older redis-py.
+    Use it as ``redis.asyncio.Redis(host=host, port=port, **driver_kwargs())``.
+    """
+    if _DriverInfo is None:  # pragma: no cover - older redis-py
+        return {}
+    return {"driver_info": _DriverInfo(lib_version=redis.__version__)}
 
 
 async def ensure_ready(client: RedisClient) -> None:

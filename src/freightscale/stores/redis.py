@@ -30,6 +30,15 @@ __all__ = ["RedisStore"]
 
 T = TypeVar("T")
 
+# SET NX PX + INCRBY as one server-side step: atomic like MULTI/EXEC, one round
+# trip, and safe on a Cluster, where redis-py's asyncio *transaction* pipeline runs
+# every queued command in a new thread with its own event loop and joins it —
+# blocking the caller's loop (found by the blockbuster guard).
+_INCR_WITH_EXPIRY = """
+redis.call('SET', KEYS[1], 0, 'NX', 'PX', ARGV[2])
+return redis.call('INCRBY', KEYS[1], ARGV[1])
+"""
+
 
 class RedisStore:
     """A :class:`~freightscale.stores.Store` on Redis.
@@ -61,6 +70,7 @@ class RedisStore:
         self._check_timeout = check_timeout
         self._owns_client = owns_client
         self._prefix = f"{key_prefix}:{namespace}:" if namespace else f"{key_prefix}:"
+        self._incr_with_expiry = client.register_script(_INCR_WITH_EXPIRY)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
@@ -128,7 +138,8 @@ class RedisStore:
     async def incr(self, key: str, amount: int = 1, *, expires_in: float | None = None) -> int:
         """Atomically add ``amount``; ``expires_in`` applies only when the key is created.
 
-        One round trip: ``MULTI; SET key 0 NX PX ttl; INCRBY key n; EXEC``.
+        One round trip: ``INCRBY``, or with ``expires_in`` a Lua script doing
+        ``SET key 0 NX PX ttl`` then ``INCRBY key n`` atomically.
         """
         full = self.full_key(key)
         if expires_in is None:
@@ -138,11 +149,10 @@ class RedisStore:
                 raise _not_an_integer(key, exc) from exc
             return value
 
+        px = max(1, int(expires_in * 1000))
+
         async def run() -> int:
-            pipe = self.client.pipeline(transaction=True)
-            pipe.set(full, 0, nx=True, px=max(1, int(expires_in * 1000)))
-            pipe.incrby(full, amount)
-            _, result = await pipe.execute()
+            result = await self._incr_with_expiry(keys=[full], args=[amount, px])
             return int(result)
 
         try:
