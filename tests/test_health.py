@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
+from freightscale.backends.redis import driver_kwargs
 from freightscale.exceptions import StoreUnavailableError
 from freightscale.health import (
     HEALTH_CONTENT_TYPE,
@@ -257,7 +258,7 @@ async def test_store_check() -> None:
 
 
 async def test_redis_check_against_the_real_redis(redis_url: str) -> None:
-    client = aioredis.Redis.from_url(redis_url, socket_timeout=2)
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=2, **driver_kwargs())
     try:
         status, _ = await ready(HealthApp(NO_CACHE, checks={"redis": redis_check(client)}))
     finally:

@@ -64,6 +64,10 @@ if TYPE_CHECKING:
     from freightscale.health import (
         HealthApp,
     )
+    from freightscale.loopmonitor import (
+        LoopLagMonitor,
+        LoopMonitorMiddleware,
+    )
     from freightscale.responses import (
         FastJSONResponse,
         json_dumps,
@@ -118,6 +122,8 @@ _EXPORTS: dict[str, str] = {
     "FreightScaleSettings": "freightscale.settings",
     "HealthApp": "freightscale.health",
     "IndexedRouter": "freightscale.routing",
+    "LoopLagMonitor": "freightscale.loopmonitor",
+    "LoopMonitorMiddleware": "freightscale.loopmonitor",
     "MemoryStore": "freightscale.stores",
     "MissingDependencyError": "freightscale.exceptions",
     "PermissionDenied": "freightscale.exceptions",
@@ -174,6 +180,8 @@ __all__ = [
     "FreightScaleSettings",
     "HealthApp",
     "IndexedRouter",
+    "LoopLagMonitor",
+    "LoopMonitorMiddleware",
     "MemoryStore",
     "MissingDependencyError",
     "PermissionDenied",

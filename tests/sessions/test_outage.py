@@ -6,6 +6,7 @@ one), so stopping it or reading INFO commandstats disturbs nobody.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -198,7 +199,7 @@ async def test_store_lost_between_load_and_write(
 
     async def write_during_outage(request: Request) -> JSONResponse:
         session = await load_session(request)
-        durable_redis.stop()  # Redis dies while the handler runs
+        await asyncio.to_thread(durable_redis.stop)  # Redis dies while the handler runs
         session["cart"] = "lost"
         return JSONResponse({"ok": True})
 

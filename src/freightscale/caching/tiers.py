@@ -19,7 +19,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from freightscale.backends.redis import ensure_ready
+from freightscale.backends.redis import driver_kwargs, ensure_ready
 from freightscale.stores.redis import RedisStore
 
 __all__ = ["RedisCacheOps", "tag_key"]
@@ -125,8 +125,16 @@ class RedisCacheOps:
             # Cluster PUBLISH reaches every node, so any node can be listened to.
             await self.ready()
             node = self.client.get_nodes()[0]
+            # Same credentials as the cluster client; driver_kwargs() keeps
+            # redis-py from scanning package metadata on the event loop.
+            auth = {k: v for k in ("username", "password") if (v := node.connection_kwargs.get(k))}
             return aioredis.Redis(
-                host=node.host, port=int(node.port), socket_connect_timeout=2, socket_timeout=None
+                host=node.host,
+                port=int(node.port),
+                socket_connect_timeout=2,
+                socket_timeout=None,
+                **auth,
+                **driver_kwargs(),
             )
         return self.client
 

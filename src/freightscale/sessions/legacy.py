@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import re
 import sys
 import time
@@ -218,25 +219,37 @@ async def import_file(
             report.imported += len(batch)
         batch.clear()
 
-    try:
-        with path.open("rb") as raw:
-            reader = _CountingReader(raw)
-            for sid, value in iter_sessions(reader):
-                report.read += 1
-                try:
-                    data, expires_at = parse_entry(sid, value, max_size)
-                except ValueError as exc:
-                    report.rejected.append((sid, str(exc)))
-                    continue
-                if expires_at <= now:
-                    report.expired += 1
-                    continue
-                batch.append((LEGACY_PREFIX + sid, data, expires_at))
-                if len(batch) >= batch_size:
-                    await flush()
-                if progress is not None:
-                    progress(reader.position)
+    async def _import_one(sid: str, value: Any) -> None:
+        report.read += 1
+        try:
+            data, expires_at = parse_entry(sid, value, max_size)
+        except ValueError as exc:
+            report.rejected.append((sid, str(exc)))
+            return
+        if expires_at <= now:
+            report.expired += 1
+            return
+        batch.append((LEGACY_PREFIX + sid, data, expires_at))
+        if len(batch) >= batch_size:
             await flush()
+        if progress is not None:
+            progress(reader.position)
+
+    try:
+        # File reads and JSON parsing run in a worker thread, a chunk of
+        # entries at a time, so the event loop never blocks on the disk.
+        raw = await asyncio.to_thread(path.open, "rb")
+        try:
+            reader = _CountingReader(raw)
+            entries = iter_sessions(reader)
+            chunk = await asyncio.to_thread(_take, entries, batch_size)
+            while chunk:
+                for sid, value in chunk:
+                    await _import_one(sid, value)
+                chunk = await asyncio.to_thread(_take, entries, batch_size)
+            await flush()
+        finally:
+            await asyncio.to_thread(raw.close)
     except OSError as exc:
         report.fatal = f"cannot read {path}: {exc.strerror or exc}"
     except LegacyFileError as exc:
@@ -245,6 +258,10 @@ async def import_file(
     except StoreError as exc:
         report.fatal = f"{exc} (after {report.read} entries; a re-run is safe)"
     return report
+
+
+def _take(entries: Iterator[tuple[str, Any]], count: int) -> list[tuple[str, Any]]:
+    return list(itertools.islice(entries, count))
 
 
 async def _flush_quietly(flush: Any) -> None:

@@ -25,6 +25,7 @@ from freightscale.settings.compression import CompressionSettings
 from freightscale.settings.database import DatabaseSettings
 from freightscale.settings.decompression import DecompressionSettings
 from freightscale.settings.health import HealthSettings
+from freightscale.settings.loopmonitor import LoopMonitorSettings
 from freightscale.settings.ratelimit import RateLimitSettings
 from freightscale.settings.redis import RedisSettings
 from freightscale.settings.sessions import SessionSettings
@@ -39,6 +40,7 @@ __all__ = [
     "DecompressionSettings",
     "FreightScaleSettings",
     "HealthSettings",
+    "LoopMonitorSettings",
     "RateLimitSettings",
     "RedisSettings",
     "SessionSettings",
@@ -117,6 +119,9 @@ class FreightScaleSettings(BaseSettings):
 
     health: HealthSettings = Field(default_factory=HealthSettings)
     """Health endpoints."""
+
+    loopmonitor: LoopMonitorSettings = Field(default_factory=LoopMonitorSettings)
+    """Event-loop lag monitor."""
 
     def __init__(self, **values: Any) -> None:
         try:

@@ -67,6 +67,18 @@ class Resource:
     check: Callable[[Any], CheckFunction] | None = None
 
 
+async def _open_loopmonitor(stack: Stack) -> Any:
+    from freightscale.loopmonitor import LoopLagMonitor
+
+    monitor = LoopLagMonitor(stack.settings.loopmonitor)
+    monitor.start()
+    return monitor
+
+
+async def _close_loopmonitor(monitor: Any) -> None:
+    await monitor.aclose()
+
+
 async def _open_redis(stack: Stack) -> RedisClient:
     from freightscale.backends.redis import create_redis_client, ping
 
@@ -195,6 +207,8 @@ def _decompression(app: ASGIApp, stack: Stack) -> ASGIApp:
 
 
 RESOURCES: tuple[Resource, ...] = (
+    # First, so it also watches the other resources start (no per-request cost).
+    Resource("loopmonitor", lambda s: s.loopmonitor.enabled, _open_loopmonitor, _close_loopmonitor),
     Resource("redis", lambda s: s.redis.enabled, _open_redis, _close_redis, redis_check),
     Resource(
         "database",

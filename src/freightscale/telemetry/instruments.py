@@ -199,6 +199,13 @@ _SPECS: tuple[MetricSpec, ...] = (
         "Body bytes before (in) and after (out) compression.",
         ("encoding", "direction"),
     ),
+    # loop monitor
+    MetricSpec(
+        "freightscale.loop.lag",
+        "histogram",
+        "s",
+        "How late the event loop ran the lag probe's timer.",
+    ),
 )
 
 METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in _SPECS}
