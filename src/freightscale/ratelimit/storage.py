@@ -1,0 +1,251 @@
+"""Where counters live: in-process memory or Redis, one round trip per request.
+
+Both backends answer :meth:`hit` for *all* limits of a rule at once and
+return each limit's state (allowed, remaining, reset) for the headers.
+
+- :class:`MemoryLimitBackend` drives ``limits.aio``'s strategies over its
+  ``MemoryStorage`` (one process; also the fail-open fallback).
+- :class:`RedisLimitBackend` runs ``limits``' own Lua scripts (the ones its
+  ``RedisStorage`` registers) composed into **one** script, so a request with
+  several limits costs one ``EVALSHA``: acquire each limit in order (stopping
+  at the first refusal, as ``limits``' users do), then read each window for
+  the headers. Every key a request touches carries the same hash tag
+  (``{rule:strategy:key}``), so the script is valid on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from math import floor, inf
+from typing import Protocol
+
+from limits import RateLimitItem
+from limits.aio.storage import MemoryStorage
+from limits.aio.storage.redis.bridge import RedisBridge
+from limits.aio.strategies import (
+    FixedWindowRateLimiter,
+    MovingWindowRateLimiter,
+    RateLimiter,
+    SlidingWindowCounterRateLimiter,
+)
+
+from freightscale.backends.redis import RedisClient, ensure_ready
+
+__all__ = [
+    "STRATEGY_CODES",
+    "LimitBackend",
+    "LimitState",
+    "MemoryLimitBackend",
+    "RedisLimitBackend",
+]
+
+STRATEGY_CODES = {"fixed-window": "fw", "moving-window": "mw", "sliding-window-counter": "sw"}
+
+
+@dataclass(frozen=True, slots=True)
+class LimitState:
+    """One limit's verdict and window after a hit.
+
+    Attributes:
+        item: the limit.
+        allowed: False when this limit refused the request.
+        remaining: units left in the window (never negative).
+        reset_at: epoch seconds when the window frees capacity.
+    """
+
+    item: RateLimitItem
+    allowed: bool
+    remaining: int
+    reset_at: float
+
+
+class LimitBackend(Protocol):
+    """Checks and consumes several limits of one rule for one key."""
+
+    async def hit(
+        self, tag: str, items: Sequence[RateLimitItem], strategy: str, cost: int
+    ) -> list[LimitState]:
+        """Consume ``cost`` from every limit (stopping at the first refusal)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections and tasks."""
+        ...
+
+
+class MemoryLimitBackend:
+    """Counters in this process, through ``limits.aio`` strategies."""
+
+    def __init__(self) -> None:
+        self.storage = MemoryStorage()
+        self._limiters: dict[str, RateLimiter] = {
+            "fixed-window": FixedWindowRateLimiter(self.storage),
+            "moving-window": MovingWindowRateLimiter(self.storage),
+            "sliding-window-counter": SlidingWindowCounterRateLimiter(self.storage),
+        }
+
+    async def hit(
+        self, tag: str, items: Sequence[RateLimitItem], strategy: str, cost: int
+    ) -> list[LimitState]:
+        """See :meth:`LimitBackend.hit`."""
+        limiter = self._limiters[strategy]
+        states = []
+        ok = True
+        for item in items:
+            allowed = True  # limits after a refusal are not attempted, nor blamed
+            if ok:
+                allowed = ok = await limiter.hit(item, tag, cost=cost)
+            stats = await limiter.get_window_stats(item, tag)
+            states.append(LimitState(item, allowed, max(0, stats.remaining), stats.reset_time))
+        return states
+
+    async def aclose(self) -> None:
+        """Stop ``MemoryStorage``'s expiry timer."""
+        timer = self.storage.timer
+        if timer is not None and not timer.done():
+            timer.cancel()
+
+
+def _as_function(name: str, body: str | bytes) -> str:
+    # limits' scripts read the KEYS/ARGV globals; as parameters they shadow them.
+    text = body.decode("utf-8") if isinstance(body, bytes) else body
+    return f"local function {name}(KEYS, ARGV)\n{text}\nend\n"
+
+
+_DRIVER = """
+local strategy = ARGV[1]
+local now = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
+local out = {}
+local ok = true
+local ki = 1
+for i = 1, n do
+  local limit = tonumber(ARGV[3 + 2 * i])
+  local expiry = tonumber(ARGV[4 + 2 * i])
+  local hit = 1
+  if strategy == 'fw' then
+    local k = {KEYS[ki]}
+    ki = ki + 1
+    local count
+    if ok then
+      count = tonumber(incr_expire(k, {expiry, cost}))
+      if count > limit then ok = false; hit = 0 end
+    else
+      count = tonumber(redis.call('get', k[1])) or 0
+    end
+    table.insert(out, {hit, count, redis.call('pttl', k[1]), 0, 0})
+  elseif strategy == 'mw' then
+    local k = {KEYS[ki]}
+    ki = ki + 1
+    if ok then
+      if not acquire_moving_window(k, {now, limit, expiry, cost}) then ok = false; hit = 0 end
+    end
+    local w = moving_window(k, {now - expiry, limit})
+    if w then
+      table.insert(out, {hit, w[1], w[2], 0, 0})
+    else
+      table.insert(out, {hit, '', 0, 0, 0})
+    end
+  else
+    local k = {KEYS[ki], KEYS[ki + 1]}
+    ki = ki + 2
+    if ok then
+      if not acquire_sliding_window(k, {limit, expiry, cost}) then ok = false; hit = 0 end
+    end
+    local w = sliding_window(k, {expiry})
+    table.insert(out, {hit, tonumber(w[1]) or 0, tonumber(w[2]) or 0,
+                       tonumber(w[3]) or 0, tonumber(w[4]) or 0})
+  end
+end
+return out
+"""
+
+MULTI_LIMIT_SCRIPT = (
+    _as_function("incr_expire", RedisBridge.SCRIPT_INCR_EXPIRE)
+    + _as_function("acquire_moving_window", RedisBridge.SCRIPT_ACQUIRE_MOVING_WINDOW)
+    + _as_function("moving_window", RedisBridge.SCRIPT_MOVING_WINDOW)
+    + _as_function("acquire_sliding_window", RedisBridge.SCRIPT_ACQUIRE_SLIDING_WINDOW)
+    + _as_function("sliding_window", RedisBridge.SCRIPT_SLIDING_WINDOW)
+    + _DRIVER
+)
+"""``limits``' Redis Lua scripts, unchanged, as functions of one script plus a driver."""
+
+
+def item_suffix(item: RateLimitItem) -> str:
+    """The part of a Redis key that names one limit (``100/1/second``)."""
+    return f"{item.amount}/{item.multiples}/{item.GRANULARITY.name}"
+
+
+class RedisLimitBackend:
+    """Counters in Redis (single node, Sentinel or Cluster), one EVALSHA per hit.
+
+    Args:
+        client: a redis-py asyncio client (see ``freightscale.backends.redis``).
+        prefix: key prefix (``fs:rl``).
+        owns_client: close ``client`` in :meth:`aclose`.
+    """
+
+    def __init__(self, client: RedisClient, prefix: str, *, owns_client: bool = False) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.owns_client = owns_client
+        self._script = client.register_script(MULTI_LIMIT_SCRIPT)
+        self._ready = False
+
+    def keys_for(self, tag: str, items: Sequence[RateLimitItem], strategy: str) -> list[str]:
+        """Every key one hit touches; all share the ``{tag}`` hash slot."""
+        base = f"{self.prefix}:{{{tag}}}"
+        keys = []
+        for item in items:
+            key = f"{base}/{item_suffix(item)}"
+            if strategy == "sliding-window-counter":
+                keys.append(f"{key}/-1")  # limits' previous-window key
+            keys.append(key)
+        return keys
+
+    async def hit(
+        self, tag: str, items: Sequence[RateLimitItem], strategy: str, cost: int
+    ) -> list[LimitState]:
+        """See :meth:`LimitBackend.hit`."""
+        if not self._ready:
+            await ensure_ready(self.client)
+            self._ready = True
+        now = time.time()
+        args: list[str | int | float] = [STRATEGY_CODES[strategy], now, cost, len(items)]
+        for item in items:
+            args += [item.amount, item.get_expiry()]
+        rows = await self._script(keys=self.keys_for(tag, items, strategy), args=args)
+        return [_state(strategy, item, row, now) for item, row in zip(items, rows, strict=True)]
+
+    async def aclose(self) -> None:
+        """Close the client if this backend created it."""
+        if self.owns_client:
+            await self.client.aclose()
+
+
+def _state(strategy: str, item: RateLimitItem, row: list[object], now: float) -> LimitState:
+    allowed = int(row[0]) == 1  # type: ignore[call-overload]
+    expiry = item.get_expiry()
+    if strategy == "fixed-window":
+        count, pttl = int(row[1]), int(row[2])  # type: ignore[call-overload]
+        reset = now + (pttl / 1000 if pttl > 0 else (expiry if count else 0))
+        return LimitState(item, allowed, max(0, item.amount - count), reset)
+    if strategy == "moving-window":
+        oldest = float(row[1]) if row[1] else now  # type: ignore[arg-type]
+        count = int(row[2])  # type: ignore[call-overload]
+        return LimitState(item, allowed, max(0, item.amount - count), oldest + expiry)
+    prev_count, prev_ttl, cur_count, cur_ttl = (int(v) for v in row[1:5])  # type: ignore[call-overload]
+    # limits' SlidingWindowCounterRateLimiter.get_window_stats, on the values read above.
+    weighted = prev_count * (prev_ttl / 1000) / expiry + cur_count
+    remaining = max(0, item.amount - floor(weighted))
+    if not (prev_count or cur_count):
+        return LimitState(item, allowed, remaining, now)
+    prev_reset, cur_reset = inf, inf
+    if prev_count:
+        prev_reset = (prev_ttl / 1000) % (expiry / prev_count)
+    if cur_count:
+        cur_reset = (cur_ttl / 1000) % expiry
+    return LimitState(item, allowed, remaining, now + min(prev_reset, cur_reset))
