@@ -147,7 +147,7 @@ class ApproximateCounters:
             pipe.pttl(key)
         timeout = self.failover.timeout if self.failover else 1.0
         try:
-            async with asyncio.timeout(max(timeout, self.sync_interval)):
+            async with asyncio.timeout(max(timeout, self.sync_interval, 0.5)):
                 replies = await pipe.execute()
         except Exception as exc:
             for _, c, sent in live:
