@@ -232,3 +232,22 @@ async def test_works_under_starlette_and_fastapi(make_limiter, prefix) -> None:
         assert ok.headers["ratelimit-policy"] == '"default";q=1;w=60'
         assert refused.status_code == 429
         assert json.loads(refused.content)["title"] == "Too Many Requests"
+
+
+async def test_broken_plan_loader_falls_back_to_rule_limits(make_limiter, prefix, caplog) -> None:
+    async def broken(tenant: str) -> str:
+        if tenant == "slow":
+            import asyncio
+
+            await asyncio.sleep(5)
+        return "not a limit"
+
+    mw = make_limiter(
+        settings(prefix, default="1/minute", key="tenant", plan_timeout=0.05), plan_loader=broken
+    )
+    async with client_for(with_principal(mw)) as client:
+        for tenant in ("acme", "slow"):
+            h = {"x-user": "u", "x-tenant": tenant}
+            assert (await client.get("/", headers=h)).status_code == 200
+            assert (await client.get("/", headers=h)).status_code == 429
+    assert any("plan loader failed" in r.getMessage() for r in caplog.records)

@@ -8,6 +8,7 @@ rate-limit headers to the response. Shadow rules report but never block.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -199,8 +200,15 @@ class RateLimitMiddleware:
         try:
             plan = self._plans[tenant]
         except KeyError:
-            loaded = await self.plan_loader(tenant)
-            plan = None if loaded is None else parse_limits(loaded, f"plan of tenant {tenant!r}")
+            try:
+                async with asyncio.timeout(self.config.plan_timeout):
+                    loaded = await self.plan_loader(tenant)
+                plan = None if loaded is None else parse_limits(loaded, f"plan of {tenant!r}")
+            except Exception as exc:
+                # A broken loader or plan must not take requests down: use the
+                # rule's own limits, and do not cache, so a fix applies at once.
+                logger.warning("rate-limit plan loader failed for a tenant: %r", exc)
+                return rule.limits
             self._plans[tenant] = plan
         return plan or rule.limits
 

@@ -157,6 +157,9 @@ class RateLimitSettings(Section):
     plan_cache_ttl: float = Field(default=60.0, ge=0, le=86_400)
     """Seconds a tenant plan returned by the plan loader is cached."""
 
+    plan_timeout: float = Field(default=1.0, gt=0, le=60)
+    """Seconds the plan loader may take; on timeout or error the rule's own limits apply."""
+
     plan_cache_size: int = Field(default=10_000, ge=1, le=10_000_000)
     """Most tenant plans cached at once."""
 
