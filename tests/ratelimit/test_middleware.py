@@ -18,6 +18,7 @@ from tests.ratelimit.conftest import client_for, hello, with_principal
 
 def settings(prefix: str, **kw: object) -> RateLimitSettings:
     kw.setdefault("key", "ip")
+    kw.setdefault("timeout", 2.0)  # behaviour tests: a loaded machine must not trigger fail-over
     return RateLimitSettings(key_prefix=prefix, **kw)  # type: ignore[arg-type]
 
 

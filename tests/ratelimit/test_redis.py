@@ -29,10 +29,11 @@ def commandstats(client: redis.Redis) -> dict[str, int]:
 
 
 async def test_one_round_trip_per_request_with_several_limits(make_limiter, redis_server) -> None:
-    cfg = RateLimitSettings(default="50/second; 100/minute; 1000/hour", key="ip")
+    cfg = RateLimitSettings(default="50/second; 100/minute; 1000/hour", key="ip", timeout=2.0)
     mw = make_limiter(cfg, redis=redis_server.url)
+    await mw.startup()  # connects and loads the script
     async with client_for(mw) as client:
-        assert (await client.get("/")).status_code == 200  # loads the script once
+        assert (await client.get("/")).status_code == 200
         observer = redis.Redis.from_url(redis_server.url)
         before = commandstats(observer)
         for _ in range(20):
@@ -58,6 +59,7 @@ async def test_cluster_holds_the_limit_under_concurrency(make_limiter, redis_clu
             key_prefix=f"t{time.time_ns()}",
         )
         mw = make_limiter(cfg, redis=redis_cluster_url)
+        await mw.startup()
         async with client_for(mw) as client:
             responses = await asyncio.gather(*(client.get("/") for _ in range(30)))
         codes = sorted(r.status_code for r in responses)
@@ -73,6 +75,7 @@ async def test_outage_fails_open_within_timeout_and_recovers(
         default="3/minute", key="ip", fail_mode="open", timeout=0.2, retry_interval=0.3
     )
     mw = make_limiter(cfg, redis=redis_server.url)
+    await mw.startup()
     async with client_for(mw) as client:
         assert (await client.get("/")).status_code == 200
         redis_server.stop()
@@ -100,6 +103,7 @@ async def test_hung_redis_never_delays_a_request_beyond_the_timeout(
 ) -> None:
     cfg = RateLimitSettings(default="100/minute", key="ip", timeout=0.1, retry_interval=60)
     mw = make_limiter(cfg, redis=redis_server.url)
+    await mw.startup()
     async with client_for(mw) as client:
         assert (await client.get("/")).status_code == 200
         assert redis_server.process is not None
@@ -123,6 +127,7 @@ async def test_hung_redis_never_delays_a_request_beyond_the_timeout(
 async def test_outage_fails_closed_with_503(make_limiter, redis_server) -> None:
     cfg = RateLimitSettings(default="3/minute", key="ip", fail_mode="closed", timeout=0.2)
     mw = make_limiter(cfg, redis=redis_server.url)
+    await mw.startup()
     async with client_for(mw) as client:
         assert (await client.get("/")).status_code == 200
         redis_server.stop()

@@ -232,6 +232,24 @@ class RateLimitMiddleware:
                 _SHADOW_LOG_EVERY,
             )
 
+    async def startup(self) -> None:
+        """Warm up Redis (connection, Cluster topology, script) before traffic.
+
+        Call from the app's lifespan start-up: without it the first request
+        pays the connection set-up and, on a loaded machine, may exceed
+        ``timeout`` and fail over for ``retry_interval``. Never raises: a
+        down Redis at start-up is logged once and handled by ``fail_mode``.
+        """
+        if self.shared is None:
+            return
+        primary = self.shared.primary
+        if isinstance(primary, RedisLimitBackend):
+            try:
+                async with asyncio.timeout(max(self.config.timeout, 5.0)):
+                    await primary.warm_up()
+            except Exception as exc:
+                self.shared.record_failure(exc, rule="startup")
+
     async def aclose(self) -> None:
         """Stop background sync and close connections this middleware opened."""
         if self.approximate is not None:

@@ -15,11 +15,13 @@ return each limit's state (allowed, remaining, reset) for the headers.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from math import floor, inf
-from typing import Protocol
+from typing import Any, Protocol
 
 from limits import RateLimitItem
 from limits.aio.storage import MemoryStorage
@@ -30,6 +32,8 @@ from limits.aio.strategies import (
     RateLimiter,
     SlidingWindowCounterRateLimiter,
 )
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from freightscale.backends.redis import RedisClient, ensure_ready
 
@@ -179,6 +183,66 @@ def item_suffix(item: RateLimitItem) -> str:
     return f"{item.amount}/{item.multiples}/{item.GRANULARITY.name}"
 
 
+class _AutoPipeline:
+    """Sends the EVALSHAs of one event-loop tick in one pipeline.
+
+    Concurrent requests each still cost one EVALSHA (and one round trip at
+    most), but they share a connection checkout, a socket write and a read
+    loop: the client-side cost of a command, which dominates at high
+    concurrency, is paid once per batch. Each batch is its own task, so a
+    slow batch never holds up the next.
+    """
+
+    def __init__(self, client: RedisClient, script: str) -> None:
+        self.client = client
+        self.script = script
+        self.sha = hashlib.sha1(script.encode("utf-8")).hexdigest()  # noqa: S324 - Redis' script id
+        self._queue: list[tuple[list[str], list[str | int | float], asyncio.Future[Any]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def call(self, keys: list[str], args: list[str | int | float]) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._queue:
+            loop.call_soon(self._flush)
+        self._queue.append((keys, args, future))
+        return await future
+
+    def _flush(self) -> None:
+        batch, self._queue = self._queue, []
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(
+        self, batch: list[tuple[list[str], list[str | int | float], asyncio.Future[Any]]]
+    ) -> None:
+        try:
+            results = await self._execute(batch)
+            if any(isinstance(r, NoScriptError) for r in results):
+                # First use, or Redis restarted and lost its script cache.
+                await self.client.script_load(self.script)
+                results = await self._execute(batch)
+        except Exception as exc:
+            results = [exc] * len(batch)
+        for (_, _, future), result in zip(batch, results, strict=True):
+            if future.done():  # the caller timed out and went on
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    async def _execute(
+        self, batch: list[tuple[list[str], list[str | int | float], asyncio.Future[Any]]]
+    ) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for keys, args, _ in batch:
+            pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
+
+
 class RedisLimitBackend:
     """Counters in Redis (single node, Sentinel or Cluster), one EVALSHA per hit.
 
@@ -192,8 +256,13 @@ class RedisLimitBackend:
         self.client = client
         self.prefix = prefix
         self.owns_client = owns_client
-        self._script = client.register_script(MULTI_LIMIT_SCRIPT)
         self._ready = False
+        # Cluster: one script call per request, routed by its hash tag. Single node
+        # and Sentinel: auto-pipelined (same one EVALSHA per request).
+        self._script = client.register_script(MULTI_LIMIT_SCRIPT)
+        self._pipeline = (
+            None if isinstance(client, RedisCluster) else _AutoPipeline(client, MULTI_LIMIT_SCRIPT)
+        )
 
     def keys_for(self, tag: str, items: Sequence[RateLimitItem], strategy: str) -> list[str]:
         """Every key one hit touches; all share the ``{tag}`` hash slot."""
@@ -217,8 +286,22 @@ class RedisLimitBackend:
         args: list[str | int | float] = [STRATEGY_CODES[strategy], now, cost, len(items)]
         for item in items:
             args += [item.amount, item.get_expiry()]
-        rows = await self._script(keys=self.keys_for(tag, items, strategy), args=args)
+        keys = self.keys_for(tag, items, strategy)
+        if self._pipeline is not None:
+            rows = await self._pipeline.call(keys, args)
+        else:
+            rows = await self._script(keys=keys, args=args)
         return [_state(strategy, item, row, now) for item, row in zip(items, rows, strict=True)]
+
+    async def warm_up(self) -> None:
+        """Connect, discover a Cluster's topology and load the script ahead of traffic.
+
+        Raises:
+            redis.exceptions.RedisError: when Redis is unreachable.
+        """
+        await ensure_ready(self.client)
+        self._ready = True
+        await self.client.script_load(MULTI_LIMIT_SCRIPT)
 
     async def aclose(self) -> None:
         """Close the client if this backend created it."""
