@@ -71,6 +71,7 @@ class ApproximateCounters:
         self._clock = clock
         self._counters: dict[str, _Counter] = {}
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     def hit(self, tag: str, items: Sequence[RateLimitItem], cost: int) -> list[LimitState]:
         """Decide locally (no I/O); all limits must allow, and then all are consumed."""
@@ -114,12 +115,14 @@ class ApproximateCounters:
             del self._counters[key]
 
     def _ensure_task(self) -> None:
-        if self._task is None or self._task.done():
+        if (self._task is None or self._task.done()) and not self._closed:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
         await ensure_ready(self.client)
-        while True:
+        # The flag, not only cancel(): a driver that swallows a cancellation
+        # mid-command must not keep this loop alive after aclose().
+        while not self._closed:
             await asyncio.sleep(self.sync_interval)
             await self.sync()
 
@@ -167,10 +170,10 @@ class ApproximateCounters:
 
     async def aclose(self) -> None:
         """Stop the sync task after one last sync."""
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await asyncio.wait({self._task}, timeout=max(1.0, 2 * self.sync_interval))
             self._task = None
             with contextlib.suppress(Exception):
                 await self.sync()
