@@ -61,9 +61,10 @@ def _slowapi(storage_uri: str, *, asgi: bool) -> Starlette:
 
 no_limiter = make_app()
 fs_memory = RateLimitMiddleware(make_app(), _settings())
-fs_redis = RateLimitMiddleware(make_app(), _settings(timeout=1.0), redis=REDIS_URL)
+# timeout=10: a bench of the Redis path must not silently fail over to memory
+fs_redis = RateLimitMiddleware(make_app(), _settings(timeout=10.0), redis=REDIS_URL)
 fs_redis_approx = RateLimitMiddleware(
-    make_app(), _settings(approximate=True, timeout=1.0), redis=REDIS_URL
+    make_app(), _settings(approximate=True, timeout=10.0), redis=REDIS_URL
 )
 slowapi_memory = _slowapi("memory://", asgi=True)
 slowapi_redis = _slowapi(REDIS_URL, asgi=True)

@@ -58,6 +58,14 @@ def render_headers(
     if not states or not styles:
         return []
     out: list[tuple[bytes, bytes]] = []
+    if len(states) == 1 and styles == ("draft",):  # the common case, kept cheap
+        s = states[0]
+        w = s.item.get_expiry()
+        name = _safe(rule)
+        return [
+            (b"ratelimit-policy", _policy_value((name,), ((s.item.amount, w),))),
+            (b"ratelimit", f'"{name}";r={s.remaining};t={_seconds_left(s.reset_at, now)}'.encode()),
+        ]
     if "draft" in styles:
         windows = tuple(s.item.get_expiry() for s in states)
         names = policy_names(_safe(rule), windows)
@@ -93,6 +101,7 @@ def retry_after(states: Sequence[LimitState], now: float) -> int:
     return max(1, *(_seconds_left(r, now) for r in refused)) if refused else 1
 
 
+@lru_cache(maxsize=1024)
 def _safe(name: str) -> str:
     # An sf-string may not hold '"' or '\\' unescaped, nor non-ASCII.
     return "".join(ch for ch in name if 32 <= ord(ch) < 127 and ch not in '"\\')

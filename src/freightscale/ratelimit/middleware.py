@@ -85,7 +85,11 @@ class RateLimitMiddleware:
         self.config = config = config or RateLimitSettings()
         self.rules = list(rules) if rules is not None else rules_from_settings(config, layer=layer)
         self.layer = layer
-        self._exempt = [compile_path(p) for p in config.exempt_paths]
+        self._exempt = (
+            re.compile("|".join(f"(?:{compile_path(p).pattern})" for p in config.exempt_paths))
+            if config.exempt_paths
+            else None
+        )
         self._client_ip = ClientIP(TrustedProxies(config.trusted_proxies))
         self._api_key_header = config.api_key_header.lower().encode("latin-1")
         self._styles = config.headers
@@ -120,7 +124,7 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        if any(p.fullmatch(path) for p in self._exempt):
+        if self._exempt is not None and self._exempt.fullmatch(path):
             await self.app(scope, receive, send)
             return
         method: str = scope["method"]
