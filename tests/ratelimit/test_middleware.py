@@ -252,3 +252,17 @@ async def test_broken_plan_loader_falls_back_to_rule_limits(make_limiter, prefix
             assert (await client.get("/", headers=h)).status_code == 200
             assert (await client.get("/", headers=h)).status_code == 429
     assert any("plan loader failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_two_layers_combine_draft_items_without_duplicating_legacy(make_limiter) -> None:
+    cfg = RateLimitSettings(
+        default="5/minute", key="user", ip_limits="10/minute", headers=("draft", "legacy")
+    )
+    inner = make_limiter(cfg, app=hello)
+    outer = make_limiter(cfg, app=with_principal(inner), layer="ip")
+    async with client_for(outer) as client:
+        response = await client.get("/", headers={"x-user": "alice"})
+    assert response.status_code == 200
+    policies = response.headers.get_list("ratelimit-policy")
+    assert policies == ['"default";q=5;w=60', '"ip";q=10;w=60']
+    assert response.headers.get_list("ratelimit-limit") == ["5"]  # the inner layer's only

@@ -54,6 +54,7 @@ _decisions = _meter.create_counter(
 )
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 _SHADOW_LOG_EVERY = 10.0
+_LIST_FIELDS = frozenset((b"ratelimit", b"ratelimit-policy"))  # structured lists: layers combine
 
 
 class RateLimitMiddleware:
@@ -93,6 +94,7 @@ class RateLimitMiddleware:
         self._client_ip = ClientIP(TrustedProxies(config.trusted_proxies))
         self._api_key_header = config.api_key_header.lower().encode("latin-1")
         self._styles = config.headers
+        self._single_valued = "legacy" in config.headers or "x" in config.headers
         self.plan_loader = plan_loader
         self._plans: TTLCache[str, tuple[RateLimitItem, ...] | None] = TTLCache(
             config.plan_cache_size, config.plan_cache_ttl or 1e-9
@@ -176,7 +178,15 @@ class RateLimitMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *headers]
+                existing = list(message.get("headers", ()))
+                if self._single_valued:
+                    # An inner layer already described its (tighter, later) limit:
+                    # the single-valued legacy fields must not appear twice.
+                    present = {name.lower() for name, _ in existing}
+                    extra = [h for h in headers if h[0] not in present or h[0] in _LIST_FIELDS]
+                else:
+                    extra = headers
+                message["headers"] = [*existing, *extra]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
