@@ -23,12 +23,17 @@ def test_metrics_are_labelled_by_rule_never_by_key() -> None:
     points = {
         (name, json.dumps(attrs, sort_keys=True)): value for name, attrs, value in json.loads(out)
     }
-    decisions = "freightscale.ratelimit.requests"
+    decisions = "freightscale.ratelimit.decisions"
     assert points[(decisions, '{"outcome": "allowed", "rule": "default"}')] == 2
     assert points[(decisions, '{"outcome": "limited", "rule": "default"}')] == 1
     assert points[(decisions, '{"outcome": "allowed", "rule": "beta"}')] == 1
     assert points[(decisions, '{"outcome": "shadow_limited", "rule": "beta"}')] == 1
     # one outage; the failed call is counted, then requests skip Redis until retry_interval
-    assert points[("freightscale.ratelimit.outages", "{}")] == 1
-    assert points[("freightscale.ratelimit.storage_errors", '{"rule": "default"}')] == 1
+    outage = '{"component": "ratelimit", "service": "redis"}'
+    assert points[("freightscale.backend.outages", outage)] == 1
+    error = '{"operation": "ratelimit:default", "store": "redis"}'
+    assert points[("freightscale.store.errors", error)] == 1
+    # every request was served by the fail-open policy
+    fallback = '{"component": "ratelimit", "policy": "open"}'
+    assert points[("freightscale.backend.fallbacks", fallback)] == 5
     assert "192.0.2.1" not in out  # no label carries the key

@@ -227,3 +227,25 @@ def test_rule_objects_are_hashable_data() -> None:
     rule = Rule.create("r", "1/second", path="/a", methods=["get"])
     assert rule.match.matches("/a", "GET")
     assert rule.limits[0].amount == 1
+
+
+async def test_client_provider_resolves_once_the_shared_client_opens(
+    make_limiter, redis_url, redis_prefix
+) -> None:
+    import redis.asyncio as aioredis
+
+    holder: dict[str, object] = {}
+    cfg = RateLimitSettings(default="2/minute", key="ip", timeout=2.0)
+    mw = make_limiter(cfg, redis=lambda: holder.get("client"), redis_prefix=redis_prefix)
+    async with client_for(mw) as client:
+        assert (await client.get("/")).status_code == 200  # before "startup": local counters
+        assert mw.shared is None
+        holder["client"] = shared = aioredis.Redis.from_url(redis_url)
+        await mw.startup()
+        assert mw.shared is not None
+        codes = [(await client.get("/")).status_code for _ in range(3)]
+    assert codes == [200, 200, 429]  # Redis counts from zero: the local hit stayed local
+    assert await shared.keys(f"{redis_prefix}*")
+    await mw.aclose()  # does not close a client it did not open
+    assert await shared.ping()
+    await shared.aclose()

@@ -15,12 +15,12 @@ from freightscale.ratelimit.fallback import FailoverBackend
 from freightscale.ratelimit.headers import render_headers
 from freightscale.ratelimit.keys import ClientIP, TrustedProxies
 from freightscale.ratelimit.middleware import RateLimitMiddleware
+from freightscale.ratelimit.redis_backend import RedisLimitBackend
 from freightscale.ratelimit.rules import KeyFunc, PathMatcher, PlanLoader, Rule, parse_limits
 from freightscale.ratelimit.storage import (
     LimitBackend,
     LimitState,
     MemoryLimitBackend,
-    RedisLimitBackend,
 )
 
 __all__ = [

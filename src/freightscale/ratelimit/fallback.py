@@ -16,23 +16,20 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 from limits import RateLimitItem
-from opentelemetry import metrics
 from redis.exceptions import RedisError
 
 from freightscale.exceptions import StoreError, StoreUnavailableError
 from freightscale.ratelimit.storage import LimitBackend, LimitState, MemoryLimitBackend
+from freightscale.telemetry import get_counter
 
 __all__ = ["FailoverBackend"]
 
 logger = logging.getLogger("freightscale.ratelimit")
-_meter = metrics.get_meter("freightscale")
-_storage_errors = _meter.create_counter(
-    "freightscale.ratelimit.storage_errors",
-    description="Rate-limit checks whose storage call failed or timed out, by rule",
-)
-_outages = _meter.create_counter(
-    "freightscale.ratelimit.outages", description="Rate-limit storage outages detected"
-)
+# Shared names (freightscale.telemetry.METRICS). Storage errors carry the rule in
+# ``operation`` ("ratelimit:<rule>"): rule names come from configuration, so bounded.
+_storage_errors = get_counter("freightscale.store.errors")  # store, operation
+_outages = get_counter("freightscale.backend.outages")  # service, component
+_fallbacks = get_counter("freightscale.backend.fallbacks")  # component, policy
 _FAILURES = (RedisError, OSError, TimeoutError, StoreError)
 
 
@@ -96,6 +93,7 @@ class FailoverBackend:
             else:
                 self.record_success()
                 return states, False
+        _fallbacks.add(1, {"component": "ratelimit", "policy": self.fail_mode})
         if self.fail_mode == "closed":
             raise StoreUnavailableError(
                 "rate-limit storage is unavailable and "
@@ -106,11 +104,11 @@ class FailoverBackend:
     def record_failure(self, exc: BaseException, *, rule: str = "") -> None:
         """Count a failed primary call; log and count the outage once."""
         now = self._clock()
-        _storage_errors.add(1, {"rule": rule})
+        _storage_errors.add(1, {"store": "redis", "operation": f"ratelimit:{rule}"})
         self._next_try = now + self.retry_interval
         if self._down_since is None:
             self._down_since = now
-            _outages.add(1)
+            _outages.add(1, {"service": "redis", "component": "ratelimit"})
             logger.warning(
                 "rate-limit storage unavailable (%s: %s); failing %s until it answers again "
                 "(retrying every %ss)",

@@ -12,46 +12,45 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
-from cachetools import TTLCache
+import redis.asyncio as aioredis
 from limits import RateLimitItem
-from opentelemetry import metrics
 from pydantic import SecretStr
+from redis.asyncio.cluster import RedisCluster
 
 from freightscale.backends.redis import RedisClient, create_redis_client
+from freightscale.context import get_tenant_id
 from freightscale.errors import problem_response
 from freightscale.exceptions import ConfigurationError, StoreUnavailableError
 from freightscale.ratelimit.approximate import ApproximateCounters
 from freightscale.ratelimit.fallback import FailoverBackend
 from freightscale.ratelimit.headers import render_headers, retry_after
 from freightscale.ratelimit.keys import ClientIP, TrustedProxies, hashed, key_for
+from freightscale.ratelimit.redis_backend import RedisLimitBackend
 from freightscale.ratelimit.rules import (
+    PlanCache,
     PlanLoader,
     Rule,
     compile_path,
-    parse_limits,
     rules_from_settings,
 )
 from freightscale.ratelimit.storage import (
     STRATEGY_CODES,
     LimitState,
     MemoryLimitBackend,
-    RedisLimitBackend,
 )
 from freightscale.settings.ratelimit import RateLimitSettings
 from freightscale.settings.redis import RedisSettings
+from freightscale.telemetry import get_counter
 from freightscale.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["RateLimitMiddleware"]
 
 logger = logging.getLogger("freightscale.ratelimit")
-_meter = metrics.get_meter("freightscale")
-_decisions = _meter.create_counter(
-    "freightscale.ratelimit.requests",
-    description="Rate-limit decisions by rule and outcome (allowed, limited, shadow_limited)",
-)
+# rule, outcome (allowed, limited, shadow_limited): bounded, never the key
+_decisions = get_counter("freightscale.ratelimit.decisions")
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 _SHADOW_LOG_EVERY = 10.0
 _LIST_FIELDS = frozenset((b"ratelimit", b"ratelimit-policy"))  # structured lists: layers combine
@@ -64,12 +63,17 @@ class RateLimitMiddleware:
         app: the ASGI app to protect.
         config: the rate-limit settings section (rules, headers, outage policy).
         rules: rules built in code (replace the ones from ``config``).
-        redis: Redis settings, a URL or a redis-py asyncio client for shared
-            counters across instances; None keeps counters in this process.
+        redis: Redis settings or a URL (the middleware opens and closes its own
+            client), a redis-py asyncio client, or a function returning the
+            shared client once it is open (``lambda: stack.redis``; until it
+            returns one, counters stay in this process). None: this process only.
         plan_loader: async ``tenant_id -> limits`` for rules keyed by tenant
             (a subscription plan); results are cached (``plan_cache_*``).
         layer: ``main`` (routes + default rule) or ``ip`` (the per-IP rule
             from ``ip_limits``, meant to run before authentication).
+        redis_prefix: key prefix for a client or provider (default
+            ``fs:<key_prefix>``; with settings or a URL it is
+            ``<redis.key_prefix>:<key_prefix>``).
     """
 
     def __init__(
@@ -78,9 +82,10 @@ class RateLimitMiddleware:
         config: RateLimitSettings | None = None,
         *,
         rules: Sequence[Rule] | None = None,
-        redis: RedisSettings | str | RedisClient | None = None,
+        redis: RedisSettings | str | RedisClient | Callable[[], RedisClient | None] | None = None,
         plan_loader: PlanLoader | None = None,
         layer: Literal["main", "ip"] = "main",
+        redis_prefix: str | None = None,
     ) -> None:
         self.app = app
         self.config = config = config or RateLimitSettings()
@@ -95,31 +100,54 @@ class RateLimitMiddleware:
         self._api_key_header = config.api_key_header.lower().encode("latin-1")
         self._styles = config.headers
         self._single_valued = "legacy" in config.headers or "x" in config.headers
-        self.plan_loader = plan_loader
-        self._plans: TTLCache[str, tuple[RateLimitItem, ...] | None] = TTLCache(
-            config.plan_cache_size, config.plan_cache_ttl or 1e-9
+        self.plans = (
+            PlanCache(
+                plan_loader,
+                ttl=config.plan_cache_ttl,
+                size=config.plan_cache_size,
+                timeout=config.plan_timeout,
+            )
+            if plan_loader is not None
+            else None
         )
         self._shadow_logged: dict[str, float] = {}
         self.memory = MemoryLimitBackend()
         self.shared: FailoverBackend | None = None
         self.approximate: ApproximateCounters | None = None
-        if redis is not None:
+        self._provider: Callable[[], RedisClient | None] | None = None
+        self._redis_prefix = redis_prefix or f"fs:{config.key_prefix}"
+        if isinstance(redis, aioredis.Redis | RedisCluster):
+            self._attach(redis, self._redis_prefix, owns=False)
+        elif callable(redis):
+            self._provider = redis  # resolved at startup() or on the first request
+        elif redis is not None:
             client, prefix, owns = _client(redis, config)
-            self.shared = FailoverBackend(
-                RedisLimitBackend(client, prefix, owns_client=owns),
-                fail_mode=config.fail_mode,
-                timeout=config.timeout,
-                retry_interval=config.retry_interval,
-                fallback=self.memory,
+            self._attach(client, prefix, owns=owns)
+
+    def _attach(self, client: RedisClient, prefix: str, *, owns: bool) -> None:
+        config = self.config
+        self.shared = FailoverBackend(
+            RedisLimitBackend(client, prefix, owns_client=owns),
+            fail_mode=config.fail_mode,
+            timeout=config.timeout,
+            retry_interval=config.retry_interval,
+            fallback=self.memory,
+        )
+        if any(r.approximate for r in self.rules):
+            self.approximate = ApproximateCounters(
+                client,
+                prefix,
+                sync_interval=config.sync_interval,
+                max_keys=config.max_local_keys,
+                failover=self.shared,
             )
-            if any(r.approximate for r in self.rules):
-                self.approximate = ApproximateCounters(
-                    client,
-                    prefix,
-                    sync_interval=config.sync_interval,
-                    max_keys=config.max_local_keys,
-                    failover=self.shared,
-                )
+
+    def _resolve(self) -> None:
+        assert self._provider is not None
+        client = self._provider()
+        if client is not None:
+            self._provider = None
+            self._attach(client, self._redis_prefix, owns=False)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -204,29 +232,16 @@ class RateLimitMiddleware:
         return raw if _SAFE_KEY.fullmatch(raw) else "h:" + hashed(raw)
 
     async def _limits(self, rule: Rule, scope: Scope) -> tuple[RateLimitItem, ...]:
-        if not (rule.plan and self.plan_loader is not None):
+        if not (rule.plan and self.plans is not None):
             return rule.limits
-        from freightscale.context import get_tenant_id
-
         tenant = get_tenant_id(scope)
         if tenant is None:
             return rule.limits
-        try:
-            plan = self._plans[tenant]
-        except KeyError:
-            try:
-                async with asyncio.timeout(self.config.plan_timeout):
-                    loaded = await self.plan_loader(tenant)
-                plan = None if loaded is None else parse_limits(loaded, f"plan of {tenant!r}")
-            except Exception as exc:
-                # A broken loader or plan must not take requests down: use the
-                # rule's own limits, and do not cache, so a fix applies at once.
-                logger.warning("rate-limit plan loader failed for a tenant: %r", exc)
-                return rule.limits
-            self._plans[tenant] = plan
-        return plan or rule.limits
+        return await self.plans.limits_for(tenant, rule.limits)
 
     async def _hit(self, rule: Rule, tag: str, items: Sequence[RateLimitItem]) -> list[LimitState]:
+        if self._provider is not None:
+            self._resolve()
         if self.shared is None:
             return await self.memory.hit(tag, items, rule.strategy, rule.cost)
         if rule.approximate and self.approximate is not None:
@@ -254,6 +269,8 @@ class RateLimitMiddleware:
         ``timeout`` and fail over for ``retry_interval``. Never raises: a
         down Redis at start-up is logged once and handled by ``fail_mode``.
         """
+        if self._provider is not None:
+            self._resolve()
         if self.shared is None:
             return
         primary = self.shared.primary

@@ -8,10 +8,13 @@ rule list the middleware walks (routes first, then the default rule).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from cachetools import TTLCache
 from limits import RateLimitItem, parse_many
 
 from freightscale.exceptions import ConfigurationError
@@ -26,6 +29,7 @@ from freightscale.types import Scope
 __all__ = [
     "KeyFunc",
     "PathMatcher",
+    "PlanCache",
     "PlanLoader",
     "Rule",
     "compile_path",
@@ -39,6 +43,7 @@ KeyFunc = Callable[[Scope], "str | None"]
 PlanLoader = Callable[[str], Awaitable["str | Sequence[RateLimitItem] | None"]]
 """Async loader of a tenant's limits (its plan): tenant id to limits, or None for the rule's own."""
 
+logger = logging.getLogger("freightscale.ratelimit")
 _NAME_CLEAN = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -200,3 +205,38 @@ def rules_from_settings(settings: RateLimitSettings, *, layer: str = "main") -> 
             )
         )
     return rules
+
+
+class PlanCache:
+    """Tenant plans from a loader, cached (bounded size and TTL), failures contained.
+
+    Args:
+        loader: async ``tenant_id -> limits`` (notation or items), None for the rule's own.
+        ttl: seconds an answer is kept (0: not cached).
+        size: most tenants cached.
+        timeout: seconds the loader may take.
+    """
+
+    def __init__(self, loader: PlanLoader, *, ttl: float, size: int, timeout: float) -> None:
+        self.loader = loader
+        self.timeout = timeout
+        self._cache: TTLCache[str, tuple[RateLimitItem, ...] | None] = TTLCache(size, ttl or 1e-9)
+
+    async def limits_for(
+        self, tenant: str, default: tuple[RateLimitItem, ...]
+    ) -> tuple[RateLimitItem, ...]:
+        """The tenant's limits, or ``default`` when it has no plan or the loader fails."""
+        try:
+            plan = self._cache[tenant]
+        except KeyError:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    loaded = await self.loader(tenant)
+                plan = None if loaded is None else parse_limits(loaded, f"plan of {tenant!r}")
+            except Exception as exc:
+                # A broken loader or plan must not take requests down: use the
+                # rule's own limits, and do not cache, so a fix applies at once.
+                logger.warning("rate-limit plan loader failed for a tenant: %r", exc)
+                return default
+            self._cache[tenant] = plan
+        return plan or default
