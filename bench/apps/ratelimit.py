@@ -53,7 +53,7 @@ def _slowapi(storage_uri: str, *, asgi: bool) -> Starlette:
         storage_uri=storage_uri,
         strategy="fixed-window",
         key_prefix=f"benchslow{_RUN}",
-        headers_enabled=False,
+        headers_enabled=True,  # both libraries send rate-limit headers
     )
     app.add_middleware(SlowAPIASGIMiddleware if asgi else SlowAPIMiddleware)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -249,3 +250,33 @@ async def test_client_provider_resolves_once_the_shared_client_opens(
     await mw.aclose()  # does not close a client it did not open
     assert await shared.ping()
     await shared.aclose()
+
+
+async def test_sentinel_holds_the_limit(make_limiter, redis_server, tmp_path) -> None:
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor fsmaster 127.0.0.1 {redis_server.port} 1\n"
+    )
+    binary = shutil.which("redis-server")
+    assert binary is not None
+    sentinel = subprocess.Popen(
+        [binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_port(port)
+        cfg = RateLimitSettings(default="3/minute; 10/hour", key="ip", timeout=2.0)
+        mw = make_limiter(cfg, redis=f"redis+sentinel://127.0.0.1:{port}/fsmaster")
+        await mw.startup()
+        async with client_for(mw) as client:
+            responses = await asyncio.gather(*(client.get("/") for _ in range(8)))
+        codes = sorted(r.status_code for r in responses)
+        assert codes == [200] * 3 + [429] * 5
+        # the counters live on the master the sentinel named
+        master = redis.Redis.from_url(redis_server.url)
+        assert master.keys("fs:rl:*")
+        master.close()
+    finally:
+        sentinel.terminate()
+        sentinel.wait(timeout=10)

@@ -218,6 +218,11 @@ class RedisLimitBackend:
         """Close the client if this backend created it."""
         if self.owns_client:
             await self.client.aclose()
+            # A Sentinel-managed client leaves the sentinels' own clients open.
+            pool = getattr(self.client, "connection_pool", None)
+            manager = getattr(pool, "sentinel_manager", None)
+            for sentinel in getattr(manager, "sentinels", ()):
+                await sentinel.aclose()
 
 
 def _state(strategy: str, item: RateLimitItem, row: list[object], now: float) -> LimitState:
