@@ -82,10 +82,23 @@ class MemoryLimitBackend:
     ) -> list[LimitState]:
         """See :meth:`LimitBackend.hit`."""
         limiter = self._limiters[strategy]
+        storage = self.storage
         states = []
         ok = True
         for item in items:
             allowed = True  # limits after a refusal are not attempted, nor blamed
+            if strategy == "fixed-window":
+                # FixedWindowRateLimiter.hit / get_window_stats on one key: the count
+                # incr returns is what get would read, so skip that call.
+                key, expiry = item.key_for(tag), item.get_expiry()
+                if ok:
+                    count = await storage.incr(key, expiry, amount=cost)
+                    allowed = ok = count <= item.amount
+                else:
+                    count = await storage.get(key)
+                reset = await storage.get_expiry(key)
+                states.append(LimitState(item, allowed, max(0, item.amount - count), reset))
+                continue
             if ok:
                 allowed = ok = await limiter.hit(item, tag, cost=cost)
             stats = await limiter.get_window_stats(item, tag)
