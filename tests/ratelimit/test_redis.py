@@ -280,3 +280,29 @@ async def test_sentinel_holds_the_limit(make_limiter, redis_server, tmp_path) ->
     finally:
         sentinel.terminate()
         sentinel.wait(timeout=10)
+
+
+async def test_approximate_mode_survives_an_outage_and_resyncs(
+    make_limiter, redis_server, caplog
+) -> None:
+    caplog.set_level(logging.WARNING, logger="freightscale.ratelimit")
+    cfg = RateLimitSettings(
+        default="5/minute", key="ip", approximate=True, sync_interval=0.05, timeout=0.2
+    )
+    mw = make_limiter(cfg, redis=redis_server.url)
+    async with client_for(mw) as client:
+        assert [(await client.get("/")).status_code for _ in range(2)] == [200, 200]
+        redis_server.stop()
+        start = time.perf_counter()
+        codes = [(await client.get("/")).status_code for _ in range(4)]
+        assert time.perf_counter() - start < 0.5  # decided locally, no waiting on Redis
+        assert codes == [200, 200, 200, 429]  # the local count stays exact
+        await asyncio.sleep(0.3)  # a few failed syncs: one log line
+        assert sum("unavailable" in r.getMessage() for r in caplog.records) == 1
+        redis_server.start()
+        await asyncio.sleep(0.4)
+    observer = redis.Redis.from_url(redis_server.url)
+    (key,) = observer.keys("*")
+    assert int(observer.get(key)) >= 3  # hits admitted during the outage reached Redis
+    observer.close()
+    assert any("recovered" in r.getMessage() for r in caplog.records)

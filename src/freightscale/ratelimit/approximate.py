@@ -119,7 +119,12 @@ class ApproximateCounters:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        await ensure_ready(self.client)
+        try:
+            await ensure_ready(self.client)
+        except Exception as exc:  # Redis down at first use: retried on a later hit
+            if self.failover is not None:
+                self.failover.record_failure(exc, rule="approximate")
+            return
         # The flag, not only cancel(): a driver that swallows a cancellation
         # mid-command must not keep this loop alive after aclose().
         while not self._closed:
