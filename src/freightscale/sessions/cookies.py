@@ -21,8 +21,6 @@ import secrets
 from collections.abc import Iterable, Sequence
 from urllib.parse import unquote_to_bytes
 
-from cachetools import LRUCache
-
 __all__ = [
     "CookieSigner",
     "delete_cookie_header",
@@ -60,8 +58,10 @@ class CookieSigner:
         if not keys:
             raise ValueError("CookieSigner needs at least one secret key")
         self._keys = [k.encode() for k in keys]
-        # Verified cookie values only (a bounded LRU): a returning client skips the HMAC.
-        self._verified: LRUCache[bytes, str] = LRUCache(cache_size)
+        # Verified cookie values only: a returning client skips the HMAC. A plain
+        # dict (cleared when full) is bounded and cheaper than an LRU's bookkeeping.
+        self._verified: dict[bytes, str] = {}
+        self._cache_size = cache_size
 
     def __repr__(self) -> str:
         return f"CookieSigner(keys=<{len(self._keys)} masked>)"
@@ -89,6 +89,8 @@ class CookieSigner:
         if not valid:
             return None
         session_id = raw.decode("ascii")
+        if len(self._verified) >= self._cache_size:
+            self._verified.clear()
         self._verified[bytes(value)] = session_id
         return session_id
 

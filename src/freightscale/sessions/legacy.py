@@ -64,7 +64,10 @@ class ImportReport:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the command's arguments."""
-    parser.description = __doc__.splitlines()[0] if __doc__ else None
+    parser.description = (
+        "Import a legacy express-session file store (session-store.json) into Redis or "
+        "PostgreSQL: streamed, idempotent, expired sessions skipped, broken entries reported."
+    )
     parser.add_argument("path", type=Path, help="the legacy session-store.json")
     parser.add_argument(
         "--to",

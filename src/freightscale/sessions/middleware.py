@@ -271,7 +271,7 @@ class _Responder:
                 extra: list[Header] = []
                 if self.unavailable and message["status"] >= 500:
                     status, detail = 503, _UNAVAILABLE
-                else:
+                elif self.needs_commit():
                     try:
                         extra = await self.commit()
                     except SessionUnavailableError:
@@ -322,6 +322,11 @@ class _Responder:
     @property
     def _eager_prefixes(self) -> tuple[str, ...]:
         return self.mw._eager_paths
+
+    def needs_commit(self) -> bool:
+        """False for the common untouched request: skip the commit coroutine entirely."""
+        s = self.session
+        return s.is_loaded or s._cleared or self.cookie_bad or self.legacy_present
 
     async def commit(self) -> list[Header]:
         """Write the session back if needed; return the cookie headers to add."""

@@ -176,6 +176,13 @@ class Session(MutableMapping[str, Any]):
                 data[key] = previous
             raise
 
+    def get(self, key: str, default: Any = None) -> Any:
+        """``dict.get`` (defined here: the mapping mixin's version is slower)."""
+        value = self._need().get(key, default)
+        if isinstance(value, dict | list):
+            self._before_change()
+        return value
+
     def __delitem__(self, key: str) -> None:
         data = self._need()
         self._before_change()
