@@ -71,6 +71,10 @@ ALLOWED = [
     # The standard library loads its MIME-type table (/etc/mime.types...) lazily, once
     # per process, on the first mimetypes.guess_type() — e.g. Starlette's FileResponse.
     ("mimetypes.py", {"init"}),
+    # Anything a module does while it is first imported (package data such as Lua
+    # scripts read by limits and by freightscale.sessions.redis) happens once per
+    # process: an import is start-up work even when it is triggered lazily.
+    ("<frozen importlib._bootstrap>", {"_call_with_frames_removed"}),
 ]
 """Third-party functions allowed to block even under a freightscale frame."""
 

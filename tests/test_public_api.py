@@ -19,6 +19,7 @@ MODULES = [
     "freightscale.errors",
     "freightscale.exceptions",
     "freightscale.health",
+    "freightscale.ratelimit",
     "freightscale.responses",
     "freightscale.routing",
     "freightscale.sessions",

@@ -122,3 +122,30 @@ async def test_auth_layer_from_settings_with_permission_loader(
         assert {tenant for tenant, _ in loads} == {"acme"}
     finally:
         assert (await driver.shutdown())["type"] == "lifespan.shutdown.complete"
+
+
+async def test_rate_limit_layers_in_the_stack(redis_url: str, redis_prefix: str) -> None:
+    async def ping(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    settings = FreightScaleSettings(
+        redis={"url": redis_url, "key_prefix": redis_prefix},
+        ratelimit={"enabled": True, "default": "3/minute", "ip_limits": "100/minute"},
+        health={"cache_ttl": 0},
+    )
+    stack = build_stack(Starlette(routes=[Route("/ping", ping)]), settings)
+    assert stack.components[2:5] == ("errors", "ratelimit.ip", "ratelimit")
+    driver = LifespanDriver(stack)
+    assert (await driver.startup())["type"] == "lifespan.startup.complete"
+    try:
+        transport = httpx.ASGITransport(stack)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            answers = [await client.get("/ping") for _ in range(4)]
+            health = await client.get("/healthz")
+        assert [a.status_code for a in answers] == [200, 200, 200, 429]
+        assert answers[3].headers["content-type"] == "application/problem+json"
+        assert int(answers[3].headers["retry-after"]) >= 1
+        assert "ratelimit-policy" in answers[0].headers
+        assert health.status_code == 200  # health is outside the limiter
+    finally:
+        assert (await driver.shutdown())["type"] == "lifespan.shutdown.complete"

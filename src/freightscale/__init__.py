@@ -68,6 +68,9 @@ if TYPE_CHECKING:
         LoopLagMonitor,
         LoopMonitorMiddleware,
     )
+    from freightscale.ratelimit import (
+        RateLimitMiddleware,
+    )
     from freightscale.responses import (
         FastJSONResponse,
         json_dumps,
@@ -133,6 +136,7 @@ _EXPORTS: dict[str, str] = {
     "ProblemResponse": "freightscale.errors",
     "QueryCache": "freightscale.caching",
     "RateLimitExceeded": "freightscale.exceptions",
+    "RateLimitMiddleware": "freightscale.ratelimit",
     "RedisStore": "freightscale.stores",
     "RequestDecompressionMiddleware": "freightscale.decompression",
     "RequestIdLogFilter": "freightscale.telemetry",
@@ -191,6 +195,7 @@ __all__ = [
     "ProblemResponse",
     "QueryCache",
     "RateLimitExceeded",
+    "RateLimitMiddleware",
     "RedisStore",
     "RequestDecompressionMiddleware",
     "RequestIdLogFilter",

@@ -151,6 +151,16 @@ class Stack:
             for spec, value in opened:
                 if spec.check is not None and spec.name not in self.health.check_names:
                     self.health.register(spec.name, spec.check(value))
+            # Layers that warm up on the open resources (e.g. the rate limiter
+            # loads its script): a failure is logged, the layer's own failure
+            # policy covers the requests.
+            for name in self.components:
+                warm = getattr(self.layers.get(name), "startup", None)
+                if warm is not None:
+                    try:
+                        await warm()
+                    except Exception:
+                        logger.exception("starting the %s layer failed", name)
             self._started = True
 
     async def aclose(self) -> None:
@@ -277,8 +287,10 @@ def build_stack(
             service is added at startup).
         permission_loader: the app's async ``(tenant_id, roles) -> permissions``
             loader for the authentication layer's RBAC cache.
-        options: live objects other components accept (documented on each
-            component's page), kept in ``stack.options``.
+        options: live objects other components accept, kept in
+            ``stack.options``: ``ratelimit_plan_loader`` (per-tenant limits,
+            see the rate-limiting page) and ``purge_hook`` (a CDN purge
+            callable, see the caching page).
 
     Returns:
         The :class:`Stack`: an ASGI app that also holds the shared resources.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from freightscale.errors import ErrorMiddleware, exception_handlers
 from freightscale.exceptions import FreightScaleError
@@ -142,6 +142,23 @@ def _database_check(database: Any) -> CheckFunction:
     return engine_check(database.engines.primary)
 
 
+def _ratelimit(layer: Literal["ip", "main"]) -> Callable[[ASGIApp, Stack], ASGIApp]:
+    def wrap(app: ASGIApp, stack: Stack) -> ASGIApp:
+        from freightscale.ratelimit import RateLimitMiddleware
+
+        s = stack.settings
+        return RateLimitMiddleware(
+            app,
+            s.ratelimit,
+            layer=layer,
+            redis=(lambda: stack.redis) if s.redis.enabled else None,
+            redis_prefix=f"{s.redis.key_prefix}:{s.ratelimit.key_prefix}",
+            plan_loader=stack.options.get("ratelimit_plan_loader") if layer == "main" else None,
+        )
+
+    return wrap
+
+
 def _auth(app: ASGIApp, stack: Stack) -> ASGIApp:
     from freightscale.auth import Authenticator, AuthMiddleware, RedisBus
 
@@ -223,9 +240,15 @@ RESOURCES: tuple[Resource, ...] = (
 COMPONENTS: tuple[Component, ...] = (
     # 1. telemetry and the health endpoints are placed by build_stack itself (outermost).
     Component("errors", lambda s: True, _errors),
-    # 3. per-IP rate limit           Component("ratelimit.ip", lambda s: s.ratelimit.enabled, …)
+    # 3. per-IP limit: cheap rejection before any token is verified.
+    Component(
+        "ratelimit.ip",
+        lambda s: s.ratelimit.enabled and bool(s.ratelimit.ip_limits.strip()),
+        _ratelimit("ip"),
+    ),
     Component("auth", lambda s: s.auth.enabled, _auth),
-    # 5. per-user/tenant rate limit  Component("ratelimit.user", lambda s: s.ratelimit.enabled, …)
+    # 5. per-user / per-tenant limits: keyed on the principal auth just set.
+    Component("ratelimit", lambda s: s.ratelimit.enabled, _ratelimit("main")),
     # Request bodies are inflated lazily (only as the app reads them) and only
     # for requests that got past the limits and authentication above.
     Component("decompression", lambda s: s.decompression.enabled, _decompression),
