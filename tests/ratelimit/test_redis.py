@@ -235,13 +235,15 @@ async def test_client_provider_resolves_once_the_shared_client_opens(
 ) -> None:
     import redis.asyncio as aioredis
 
+    from freightscale.backends.redis import driver_kwargs
+
     holder: dict[str, object] = {}
     cfg = RateLimitSettings(default="2/minute", key="ip", timeout=2.0)
     mw = make_limiter(cfg, redis=lambda: holder.get("client"), redis_prefix=redis_prefix)
     async with client_for(mw) as client:
         assert (await client.get("/")).status_code == 200  # before "startup": local counters
         assert mw.shared is None
-        holder["client"] = shared = aioredis.Redis.from_url(redis_url)
+        holder["client"] = shared = aioredis.Redis.from_url(redis_url, **driver_kwargs())
         await mw.startup()
         assert mw.shared is not None
         codes = [(await client.get("/")).status_code for _ in range(3)]

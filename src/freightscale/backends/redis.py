@@ -192,6 +192,7 @@ def create_redis_client(settings: RedisSettings | str, **overrides: Any) -> Redi
         sentinel_kwargs = {
             "socket_connect_timeout": settings.connect_timeout,
             "socket_timeout": settings.socket_timeout,
+            **driver_kwargs(),  # the per-sentinel clients too (see driver_kwargs)
         }
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             list(target.nodes), sentinel_kwargs=sentinel_kwargs, **common

@@ -135,6 +135,13 @@ class ReplicaSet:
             async with asyncio.timeout(self.check_timeout):
                 async with replica.engine.connect() as conn:
                     row = (await conn.execute(_CHECK_SQL)).one()
+                    if row[1] is not None and row[1] > self.max_lag:
+                        # An idle replica that has just received a record with no
+                        # commit (a checkpoint, a standby snapshot) reads as
+                        # "now - last commit" until it replays it, milliseconds
+                        # later: look once more before taking it out.
+                        await asyncio.sleep(0.1)
+                        row = (await conn.execute(_CHECK_SQL)).one()
         except sa_exc.TimeoutError:
             # Its pool is exhausted by real traffic: it is answering. Keep the verdict.
             return
