@@ -1,0 +1,109 @@
+"""``create_app()``: FreightOps composed from its feature modules and freightscale.
+
+The composition, outermost first (freightscale's ``build_stack`` owns the
+outer layers and their order; the example adds what it still provides itself)::
+
+    build_stack:  telemetry → health → errors → … (the components as they land)
+    example:      authentication → per-tenant plan limits → compression → app
+    app:          Starlette routes from examples/freightops/features/*,
+                  with the response cache on read routes
+
+The naive profile keeps only the error handler and swaps in the legacy
+authentication (file sessions + a permission query per request).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from examples.freightops.config import AppConfig
+from examples.freightops.features import all_routes
+from examples.freightops.naive import NaiveAuthMiddleware
+from examples.freightops.runtime import Services, services
+from examples.freightops.seed import prepare_database
+from examples.freightops.standins import AuthMiddleware, PlanRateLimitMiddleware
+from examples.freightops.web import JSON, Problem, problem_handler
+from starlette.applications import Starlette
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from freightscale.errors import ErrorMiddleware
+from freightscale.settings import FreightScaleSettings
+from freightscale.types import ASGIApp
+
+__all__ = ["create_app"]
+
+
+async def index(request: Request) -> Response:
+    """``GET /``: what this server is and where to start."""
+    svc = services(request)
+    return JSON(
+        {
+            "app": "FreightOps (freightscale example)",
+            "profile": svc.config.profile,
+            "database": svc.engine.dialect.name,
+            "login": 'POST /api/auth/login {"email": ..., "password": ...}',
+            "docs": "docs/example.md",
+        }
+    )
+
+
+async def healthz(request: Request) -> Response:
+    """Liveness. TODO(health component): build_stack mounts freightscale.health instead."""
+    return JSON({"status": "ok"})
+
+
+def create_app(
+    settings: FreightScaleSettings | None = None, config: AppConfig | None = None
+) -> ASGIApp:
+    """Build the FreightOps ASGI app.
+
+    Args:
+        settings: freightscale's settings (``FREIGHTSCALE_*``); read from the
+            environment when omitted.
+        config: the example's own settings (``FREIGHTOPS_*``); likewise.
+    """
+    settings = settings or FreightScaleSettings()
+    config = config or AppConfig()
+    svc = Services.open(settings, config)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if config.seed_on_startup:
+            await prepare_database(svc.engine, shipments=config.seed_shipments)
+        try:
+            yield
+        finally:
+            await svc.aclose()
+
+    try:
+        from freightscale import stack as _stack  # noqa: F401
+
+        has_stack = True
+    except ImportError:
+        has_stack = False
+    routes = [Route("/", index, methods=["GET"]), *all_routes()]
+    if not has_stack:
+        routes.append(Route("/healthz", healthz, methods=["GET"]))
+    app = Starlette(
+        routes=routes,
+        exception_handlers={Problem: problem_handler},
+        lifespan=lifespan,
+    )
+    app.state.services = svc
+
+    if config.naive:
+        return ErrorMiddleware(NaiveAuthMiddleware(app, svc), debug=settings.debug)
+
+    # TODO(compression component): freightscale.compression (brotli + gzip, cache-aware).
+    inner: ASGIApp = GZipMiddleware(app, minimum_size=settings.compression.minimum_size)
+    inner = PlanRateLimitMiddleware(inner, svc)
+    inner = AuthMiddleware(inner, svc)
+    if has_stack:
+        from freightscale.stack import build_stack
+
+        return build_stack(inner, settings)
+    return ErrorMiddleware(inner, debug=settings.debug)

@@ -1,0 +1,151 @@
+"""The app's shared resources, opened once per process at startup.
+
+:class:`Services` holds the database engines, the shared key/value store
+(Redis when ``FREIGHTSCALE_REDIS__URL`` is set, else in-process memory), the
+login-session backend and the token secret. Feature modules reach it with
+``services(request)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from examples.freightops.config import AppConfig
+from examples.freightops.naive import FileSessionStore
+from examples.freightops.standins import ResponseCache, SessionBackend, StoreSessions
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from starlette.requests import HTTPConnection
+
+from freightscale.settings import FreightScaleSettings
+from freightscale.stores import MemoryStore, Store
+
+__all__ = ["Services", "services"]
+
+logger = logging.getLogger("freightops")
+
+
+@dataclass
+class Services:
+    """Everything a request handler needs besides the request."""
+
+    config: AppConfig
+    settings: FreightScaleSettings
+    secret: str
+    engine: AsyncEngine
+    read_engine: AsyncEngine
+    store: Store
+    root_store: Store
+    sessions: SessionBackend
+    cache: ResponseCache | None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True on the embedded SQLite database."""
+        return self.engine.dialect.name == "sqlite"
+
+    def reader(self) -> AsyncConnection:
+        """A connection for reads (a replica when one is configured)."""
+        return self.read_engine.connect()
+
+    def writer(self) -> Any:
+        """A transaction on the primary (``async with services.writer() as conn``)."""
+        return self.engine.begin()
+
+    @classmethod
+    def open(cls, settings: FreightScaleSettings, config: AppConfig) -> Services:
+        """Create the engines, store and session backend (no connection is opened yet)."""
+        secret = settings.auth.secret.get_secret_value()
+        if not secret:
+            # One process only: tokens die with it. Production sets the secret.
+            secret = secrets.token_urlsafe(32)
+            logger.warning(
+                "FREIGHTSCALE_AUTH__SECRET is not set: using a random per-process token secret "
+                "(fine for the embedded demo; set it when running several workers)"
+            )
+        engine = _engine(settings.database.effective_url, settings, config)
+        replicas = [u.get_secret_value() for u in settings.database.replica_urls]
+        # TODO(db component): freightscale.db routes reads over healthy replicas
+        # with read-your-writes; the stand-in sends GET-route reads to the first one.
+        read_engine = _engine(replicas[0], settings, config) if replicas else engine
+        root_store = _store(settings)
+        store = root_store.with_namespace("freightops")
+        sessions: SessionBackend
+        if config.naive:
+            sessions = FileSessionStore(config.session_dir)
+        else:
+            sessions = StoreSessions(store.with_namespace("sessions"))
+        cache = None if config.naive else ResponseCache(store.with_namespace("cache"))
+        return cls(
+            config, settings, secret, engine, read_engine, store, root_store, sessions, cache
+        )
+
+    async def aclose(self) -> None:
+        """Dispose of the engines and close the store."""
+        await self.engine.dispose()
+        if self.read_engine is not self.engine:
+            await self.read_engine.dispose()
+        await self.root_store.aclose()
+
+
+def _engine(url: str, settings: FreightScaleSettings, config: AppConfig) -> AsyncEngine:
+    db = settings.database
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, connect_args={"timeout": db.connect_timeout})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    server_settings = {"application_name": db.application_name}
+    if config.naive:
+        # The legacy design: one pool that grows without bound under load.
+        return create_async_engine(
+            url,
+            pool_size=config.naive_pool_size,
+            max_overflow=-1,
+            connect_args={"server_settings": server_settings, "timeout": db.connect_timeout},
+        )
+    # TODO(db component): replace with freightscale.db's engine factory (budget,
+    # statement timeout, replica health); these are the same settings it reads.
+    if db.statement_timeout_ms:
+        server_settings["statement_timeout"] = str(db.statement_timeout_ms)
+    return create_async_engine(
+        url,
+        pool_size=db.pool_size,
+        max_overflow=db.max_overflow,
+        pool_timeout=db.pool_timeout,
+        pool_recycle=db.pool_recycle,
+        pool_pre_ping=db.pool_pre_ping,
+        connect_args={"server_settings": server_settings, "timeout": db.connect_timeout},
+    )
+
+
+def _store(settings: FreightScaleSettings) -> Store:
+    """The root store: Redis when configured, else in-process memory (one process only)."""
+    if not settings.redis.enabled:
+        return MemoryStore()
+    from freightscale.backends.redis import create_redis_client
+    from freightscale.stores.redis import RedisStore
+
+    return RedisStore(
+        create_redis_client(settings.redis),
+        key_prefix=settings.redis.key_prefix,
+        check_timeout=settings.redis.socket_timeout,
+        owns_client=True,
+    )
+
+
+def services(conn: HTTPConnection) -> Services:
+    """The :class:`Services` of the app serving ``conn``."""
+    found: Services = conn.app.state.services
+    return found
