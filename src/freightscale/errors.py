@@ -10,7 +10,6 @@ see one error shape everywhere::
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import traceback
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from starlette.responses import Response
 
 from freightscale.context import get_request_id, scope_state
 from freightscale.exceptions import FreightScaleError, RateLimitExceeded
+from freightscale.responses import json_dumps
 from freightscale.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["PROBLEM_CONTENT_TYPE", "ErrorMiddleware", "ProblemResponse", "problem_response"]
@@ -36,7 +36,7 @@ class ProblemResponse(Response):
     media_type = PROBLEM_CONTENT_TYPE
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return json_dumps(content)
 
 
 def problem_response(

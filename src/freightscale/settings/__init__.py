@@ -23,6 +23,7 @@ from freightscale.settings.auth import AuthSettings
 from freightscale.settings.cache import CacheSettings
 from freightscale.settings.compression import CompressionSettings
 from freightscale.settings.database import DatabaseSettings
+from freightscale.settings.decompression import DecompressionSettings
 from freightscale.settings.health import HealthSettings
 from freightscale.settings.ratelimit import RateLimitSettings
 from freightscale.settings.redis import RedisSettings
@@ -35,6 +36,7 @@ __all__ = [
     "CacheSettings",
     "CompressionSettings",
     "DatabaseSettings",
+    "DecompressionSettings",
     "FreightScaleSettings",
     "HealthSettings",
     "RateLimitSettings",
@@ -106,6 +108,9 @@ class FreightScaleSettings(BaseSettings):
 
     compression: CompressionSettings = Field(default_factory=CompressionSettings)
     """Response compression."""
+
+    decompression: DecompressionSettings = Field(default_factory=DecompressionSettings)
+    """Request-body decompression."""
 
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     """Request ids and OpenTelemetry."""
