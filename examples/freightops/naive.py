@@ -128,6 +128,8 @@ class NaiveAuthMiddleware:
             return None
         session = await self.sessions.get(session_id)
         if session is None or float(session.get("exp", 0)) < time.time():
+            if token is None:
+                return None  # a stale cookie is ignored, as in the freightscale profile
             raise Unauthenticated("the session has expired or was logged out")
         issued = float(claims.get("iat", session.get("created", 0)))
         async with self.services.engine.connect() as conn:
@@ -145,6 +147,8 @@ class NaiveAuthMiddleware:
                 )
             ).one_or_none()
         if row is None or not row.is_active or issued <= row.tokens_valid_after:
+            if token is None:
+                return None
             raise Unauthenticated("all sessions of this user were logged out")
         await self.sessions.touch(session_id, session)
         claims.setdefault("sid", session_id)

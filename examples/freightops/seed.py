@@ -419,3 +419,83 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+@dataclass(frozen=True)
+class LoadUser:
+    """A logged-in user for the load test: its token, tenant and shipments it reads."""
+
+    token: str
+    tenant_id: int
+    user_id: int
+    shipment_ids: tuple[int, ...]
+
+
+async def mint_sessions(
+    services: Any,
+    count: int,
+    *,
+    roles: Sequence[str] = ("dispatcher", "admin"),
+    ids_per_user: int = 40,
+    seed_value: int = 7,
+) -> list[LoadUser]:
+    """Open ``count`` login sessions exactly as ``POST /api/auth/login`` does.
+
+    The load test needs one token per simulated user; logging 2000 users in
+    through PBKDF2 would take minutes of server CPU before measuring
+    anything, so the sessions are created directly in the app's session
+    backend (Redis, or the naive profile's files) and signed with the app's
+    secret. Users cycle over the seeded users holding ``roles``.
+    """
+    from examples.freightops.security import issue_token
+
+    rng = random.Random(seed_value)
+    async with services.engine.connect() as conn:
+        users = (
+            await conn.execute(
+                select(User.id, User.tenant_id, Role.name)
+                .join(Role, Role.id == User.role_id)
+                .where(Role.name.in_(list(roles)), User.is_active.is_(True))
+                .order_by(User.id)
+            )
+        ).all()
+        by_tenant: dict[int, list[int]] = {}
+        for user in users:
+            if user.tenant_id not in by_tenant:
+                ids = await conn.scalars(
+                    select(Shipment.id)
+                    .where(Shipment.tenant_id == user.tenant_id)
+                    .order_by(func.random())
+                    .limit(ids_per_user * 10)
+                )
+                by_tenant[user.tenant_id] = list(ids)
+    if not users:
+        raise RuntimeError(f"no users with roles {roles}: seed the database first")
+    ttl = services.config.token_ttl
+    minted = []
+    for n in range(count):
+        user = users[n % len(users)]
+        now = time.time()
+        session_id = await services.sessions.create(
+            {
+                "user_id": user.id,
+                "tenant_id": user.tenant_id,
+                "role": user.name,
+                "created": now,
+                "exp": now + ttl,
+            },
+            ttl=ttl,
+        )
+        token, _ = issue_token(
+            services.secret,
+            user_id=user.id,
+            tenant_id=user.tenant_id,
+            role=user.name,
+            session_id=session_id,
+            ttl=ttl,
+            now=now,
+        )
+        pool = by_tenant[user.tenant_id]
+        sample = tuple(rng.sample(pool, min(ids_per_user, len(pool)))) if pool else ()
+        minted.append(LoadUser(token, user.tenant_id, user.id, sample))
+    return minted

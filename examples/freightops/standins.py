@@ -220,10 +220,15 @@ class AuthMiddleware:
             roles = claims.get("roles") or [""]
             return make_principal(str(claims["sub"]), str(claims["tid"]), str(roles[0]), claims)
         if session_id is not None:
+            # A stale or unknown cookie is ignored (anonymous), never an error:
+            # it must not stop the browser from logging in again.
             data = await self.services.sessions.get(session_id)
             if data is None or float(data.get("exp", 0)) < time.time():
-                raise Unauthenticated("the session has expired or was logged out")
-            await _check_not_revoked(store, str(data["user_id"]), float(data["created"]))
+                return None
+            try:
+                await _check_not_revoked(store, str(data["user_id"]), float(data["created"]))
+            except Unauthenticated:
+                return None
             claims = dict(data, sid=session_id)
             return make_principal(
                 str(data["user_id"]), str(data["tenant_id"]), str(data["role"]), claims

@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from freightscale.context import Principal, get_principal
 from freightscale.errors import problem_response
+from freightscale.responses import FastJSONResponse
 
 __all__ = [
     "JSON",
@@ -37,16 +38,13 @@ __all__ = [
 T = TypeVar("T")
 Endpoint = Callable[[Request], Awaitable[Response]]
 
-_encoder = msgspec.json.Encoder()
 
+class JSON(FastJSONResponse):
+    """A JSON response rendered by orjson (freightscale's ``FastJSONResponse``).
 
-class JSON(Response):
-    """A JSON response encoded with msgspec (several times faster than ``json``)."""
-
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return _encoder.encode(content)
+    On a 20 KB list it is several times faster than Starlette's stdlib-json
+    ``JSONResponse``, and it serializes ``datetime`` without a custom encoder.
+    """
 
 
 class Problem(Exception):
