@@ -270,7 +270,7 @@ class PlanRateLimitMiddleware:
                 "async+" + url,
                 implementation="redispy",
                 key_prefix=f"{settings.redis.key_prefix}:freightops:rl",
-                socket_timeout=settings.ratelimit.timeout,
+                socket_timeout=settings.redis.socket_timeout,
                 socket_connect_timeout=settings.redis.connect_timeout,
             )
         else:

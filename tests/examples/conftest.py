@@ -162,27 +162,32 @@ def production_env(
 
 
 @pytest.fixture(scope="session")
-def all_workers(
+def worker_envs(
     fo_database_url: str,
     redis_url: str,
     fo_redis_prefix: str,
-    server_factory: Callable[..., list[Server]],
     tmp_path_factory: pytest.TempPathFactory,
-) -> dict[str, tuple[Server, Server]]:
-    """Two workers per profile, all on the same PostgreSQL database and Redis.
-
-    The naive pair shares one session directory (the legacy store on a shared disk).
-    """
-    envs = {
+) -> dict[str, dict[str, str]]:
+    """The production-mode environment of each profile's workers."""
+    return {
         profile: production_env(
             fo_database_url, redis_url, fo_redis_prefix, profile,
             tmp_path_factory.mktemp(f"{profile}-sessions"),
         )
         for profile in ("freightscale", "naive")
     }  # fmt: skip
-    a, b, c, d = server_factory(
-        envs["freightscale"], envs["freightscale"], envs["naive"], envs["naive"]
-    )
+
+
+@pytest.fixture(scope="session")
+def all_workers(
+    worker_envs: dict[str, dict[str, str]], server_factory: Callable[..., list[Server]]
+) -> dict[str, tuple[Server, Server]]:
+    """Two workers per profile, all on the same PostgreSQL database and Redis.
+
+    The naive pair shares one session directory (the legacy store on a shared disk).
+    """
+    fs_env, naive_env = worker_envs["freightscale"], worker_envs["naive"]
+    a, b, c, d = server_factory(fs_env, fs_env, naive_env, naive_env)
     return {"freightscale": (a, b), "naive": (c, d)}
 
 
