@@ -1,8 +1,17 @@
-"""The ``store`` fixture: one contract, run over every backend."""
+"""The ``store`` fixture: one contract, run over every backend.
+
+Each backend is one entry of ``BACKENDS``: the (sync) service fixtures it
+needs, resolved outside the event loop, and an async context manager that
+opens a fresh, empty store from their values and closes it afterwards.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -22,23 +31,66 @@ class FakeClock:
         self.now += seconds
 
 
-@pytest.fixture(params=["memory", "redis", "redis-cluster"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    """A fresh, empty store of each backend kind, under a namespace unique to the test."""
-    root: Store
-    if request.param == "memory":
-        root = MemoryStore(max_entries=1000)
-        yield root.with_namespace("test")
-    elif request.param in ("redis", "redis-cluster"):
-        from freightscale.stores.redis import RedisStore
+@dataclass(frozen=True)
+class Backend:
+    """How the ``store`` fixture opens one backend."""
 
-        fixture = "redis_url" if request.param == "redis" else "redis_cluster_url"
-        url = request.getfixturevalue(fixture)
-        prefix = request.getfixturevalue("redis_prefix")
-        root = RedisStore.from_url(url, key_prefix=prefix)
-        view = root.with_namespace("test")
+    fixtures: tuple[str, ...]
+    open: Callable[[dict[str, Any]], AbstractAsyncContextManager[Store]]
+
+
+@asynccontextmanager
+async def _memory(_services: dict[str, Any]) -> AsyncIterator[Store]:
+    mem = MemoryStore(max_entries=1000)
+    yield mem.with_namespace("test")
+    await mem.aclose()
+
+
+@asynccontextmanager
+async def _postgres(services: dict[str, Any]) -> AsyncIterator[Store]:
+    from freightscale.stores.postgres import PostgresStore
+
+    root = PostgresStore.from_url(services["database_url"], sweep_interval=None)
+    view = root.with_namespace(f"t{uuid.uuid4().hex[:12]}")
+    try:
         yield view
         await view.delete_all()
-    else:  # pragma: no cover
-        raise AssertionError(request.param)
-    await root.aclose()
+    finally:
+        await root.aclose()
+
+
+@asynccontextmanager
+async def _redis(services: dict[str, Any]) -> AsyncIterator[Store]:
+    from freightscale.stores.redis import RedisStore
+
+    url = services.get("redis_url") or services["redis_cluster_url"]
+    root = RedisStore.from_url(url, key_prefix=services["redis_prefix"])
+    view = root.with_namespace("test")
+    try:
+        yield view
+        await view.delete_all()
+    finally:
+        await root.aclose()
+
+
+BACKENDS: dict[str, Backend] = {
+    "memory": Backend((), _memory),
+    "redis": Backend(("redis_url", "redis_prefix"), _redis),
+    "redis-cluster": Backend(("redis_cluster_url", "redis_prefix"), _redis),
+    "postgres": Backend(("database_url",), _postgres),
+}
+
+
+@pytest.fixture(params=list(BACKENDS))
+def store_backend(request: pytest.FixtureRequest) -> tuple[Backend, dict[str, Any]]:
+    """The backend under test and its resolved service fixtures."""
+    backend = BACKENDS[request.param]
+    return backend, {name: request.getfixturevalue(name) for name in backend.fixtures}
+
+
+@pytest.fixture
+async def store(store_backend: tuple[Backend, dict[str, Any]]) -> AsyncIterator[Store]:
+    """A fresh, empty store of each backend kind."""
+    backend, services = store_backend
+    async with backend.open(services) as opened:
+        yield opened

@@ -88,3 +88,53 @@ async def test_check_passes_when_healthy(store: Store) -> None:
 async def test_bad_namespace_rejected(store: Store) -> None:
     with pytest.raises(ValueError, match="namespace"):
         store.with_namespace("a*")
+
+
+async def test_empty_value_is_not_absent(store: Store) -> None:
+    await store.set("empty", b"")
+    assert await store.get("empty") == b""
+    assert await store.exists("empty") is True
+
+
+async def test_incr_negative_amount(store: Store) -> None:
+    assert await store.incr("n", -5) == -5
+    assert await store.incr("n", 2) == -3
+
+
+async def test_incr_non_integer_raises_value_error(store: Store) -> None:
+    await store.set("text", b"not a number")
+    with pytest.raises(ValueError, match="integer"):
+        await store.incr("text")
+    assert await store.get("text") == b"not a number"
+
+
+async def test_delete_all_reaches_nested_namespaces(store: Store) -> None:
+    parent = store.with_namespace("p")
+    child = parent.with_namespace("c")
+    await child.set("k", b"v")
+    await parent.delete_all()
+    assert await child.get("k") is None
+
+
+async def test_delete_all_treats_pattern_characters_literally(store: Store) -> None:
+    names = ["a_b", "axb", "a%b", "a%%b", "a/b", "a\\b", "a_"]
+    views = {name: store.with_namespace(name) for name in names}
+    for name, view in views.items():
+        await view.set("k", name.encode())
+    await views["a_b"].delete_all()
+    await views["a%b"].delete_all()
+    await views["a/b"].delete_all()
+    survivors = {name for name, view in views.items() if await view.get("k") is not None}
+    assert survivors == {"axb", "a%%b", "a\\b", "a_"}
+
+
+async def test_unusual_keys_roundtrip_and_stay_distinct(store: Store) -> None:
+    long_a, long_b = "a" * 5000, "a" * 4999 + "b"
+    keys = ["nul\x00key", "nul\x00kex", long_a, long_b, "ünïcödé 🚚", "with:colon", ""]
+    for i, key in enumerate(keys):
+        await store.set(key, str(i).encode())
+    assert [await store.get(key) for key in keys] == [str(i).encode() for i in range(len(keys))]
+    assert await store.delete(long_a) is True
+    assert await store.get(long_b) == b"3"
+    await store.delete_all()
+    assert all([await store.get(key) is None for key in keys])

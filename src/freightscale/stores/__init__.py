@@ -15,8 +15,10 @@ from typing import Any
 from freightscale.exceptions import ConfigurationError
 from freightscale.stores.base import Store
 from freightscale.stores.memory import MemoryStore
+from freightscale.stores.postgres import PostgresStore
+from freightscale.stores.redis import RedisStore
 
-__all__ = ["MemoryStore", "Store", "store_from_url"]
+__all__ = ["MemoryStore", "PostgresStore", "RedisStore", "Store", "store_from_url"]
 
 _SCHEMES = {
     "memory": "memory",
@@ -43,12 +45,8 @@ def store_from_url(url: str, **options: Any) -> Store:
         return MemoryStore(**options)
     kind = _SCHEMES.get(scheme)
     if kind == "redis":
-        from freightscale.stores.redis import RedisStore
-
         return RedisStore.from_url(url, **options)
     if kind == "postgres":
-        from freightscale.stores.postgres import PostgresStore
-
         store: Store = PostgresStore.from_url(url, **options)
         return store
     raise ConfigurationError(

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from pydantic import SecretStr
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from freightscale.backends.redis import (
     RedisClient,
@@ -22,6 +22,7 @@ from freightscale.backends.redis import (
     ping,
     translate_redis_error,
 )
+from freightscale.exceptions import StoreError
 from freightscale.settings.redis import RedisSettings
 from freightscale.stores.base import Store, join_namespace
 
@@ -131,7 +132,10 @@ class RedisStore:
         """
         full = self.full_key(key)
         if expires_in is None:
-            value: int = await self._call(lambda: self.client.incrby(full, amount))
+            try:
+                value: int = await self._call(lambda: self.client.incrby(full, amount))
+            except StoreError as exc:
+                raise _not_an_integer(key, exc) from exc
             return value
 
         async def run() -> int:
@@ -141,7 +145,10 @@ class RedisStore:
             _, result = await pipe.execute()
             return int(result)
 
-        return await self._call(run)
+        try:
+            return await self._call(run)
+        except StoreError as exc:
+            raise _not_an_integer(key, exc) from exc
 
     async def delete_all(self) -> None:
         """Delete every key under this namespace (``SCAN`` + ``UNLINK``, every primary)."""
@@ -189,6 +196,13 @@ class RedisStore:
             owns_client=False,
             _ready=self._ready,
         )
+
+
+def _not_an_integer(key: str, exc: StoreError) -> Exception:
+    # Same contract as the other stores: a non-integer value is a ValueError.
+    if isinstance(exc.__cause__, ResponseError) and "not an integer" in str(exc.__cause__):
+        return ValueError(f"value under {key!r} is not an integer")
+    return exc
 
 
 def _glob_escape(text: str) -> str:
