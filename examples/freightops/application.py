@@ -31,6 +31,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from freightscale.errors import ErrorMiddleware
+from freightscale.routing import use_indexed_router
 from freightscale.settings import FreightScaleSettings
 from freightscale.types import ASGIApp
 
@@ -98,6 +99,8 @@ def create_app(
     if config.naive:
         return ErrorMiddleware(NaiveAuthMiddleware(app, svc), debug=settings.debug)
 
+    # Route dispatch that does not try every route's regex in turn.
+    use_indexed_router(app)
     # TODO(compression component): freightscale.compression (brotli + gzip, cache-aware).
     inner: ASGIApp = GZipMiddleware(app, minimum_size=settings.compression.minimum_size)
     inner = PlanRateLimitMiddleware(inner, svc)
