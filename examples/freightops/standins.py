@@ -12,6 +12,7 @@ import hashlib
 import secrets
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import jwt
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SESSION_COOKIE",
     "AuthMiddleware",
+    "CachedBody",
     "ResponseCache",
     "SessionBackend",
     "StoreSessions",
@@ -99,38 +101,70 @@ def _valid_session_id(session_id: str) -> bool:
     return 16 <= len(session_id) <= 64 and all(c.isalnum() or c in "-_" for c in session_id)
 
 
+async def get_many(store: Store, keys: Sequence[str]) -> list[bytes | None]:
+    """Read several keys in one round trip on a single-node Redis (``MGET``).
+
+    Other stores (memory, PostgreSQL, Redis Cluster, whose keys may live on
+    different nodes) fall back to one ``get`` per key.
+    """
+    from redis.asyncio import Redis
+
+    client = getattr(store, "client", None)
+    full_key = getattr(store, "full_key", None)
+    if isinstance(client, Redis) and full_key is not None:
+        from freightscale.backends.redis import translate_redis_error
+
+        try:
+            values: list[bytes | None] = await client.mget([full_key(k) for k in keys])
+        except Exception as exc:
+            raise translate_redis_error(exc) from exc
+        return values
+    return [await store.get(k) for k in keys]
+
+
+@dataclass(frozen=True, slots=True)
+class CachedBody:
+    """A cached response body, stored gzip-compressed when it is worth it."""
+
+    body: bytes
+    gzipped: bool
+
+
 class ResponseCache:
     """A tenant-scoped cache of encoded response bodies with tag invalidation.
 
-    A cached entry's key includes the current *version* of each of its tags
-    (per tenant); a write bumps the versions (``incr``), so every entry that
-    depended on them is unreachable at once, on every worker, without scanning.
+    Each tag has a per-tenant *version*; an entry records the versions it
+    was built under, and a write bumps them (``incr``), so every dependent
+    entry is stale at once, on every worker, without scanning keys. A lookup
+    is one ``MGET`` of the entry and its tags' versions. Bodies are stored
+    gzip-compressed, so a hit costs neither JSON encoding nor compression.
 
     TODO(caching component): replace with ``freightscale.caching``'s response
-    cache middleware (stores compressed variants) once it lands on main.
+    cache middleware once it lands on main.
     """
 
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def key(self, tenant: str, request_key: str, tags: Sequence[str]) -> str:
-        """The entry key for ``request_key`` under the tags' current versions."""
-        versions = []
-        for tag in tags:
-            raw = await self.store.get(f"v:{tenant}:{tag}")
-            versions.append(raw.decode() if raw else "0")
-        digest = hashlib.blake2b(
-            f"{request_key}|{','.join(tags)}|{','.join(versions)}".encode(), digest_size=16
-        ).hexdigest()
-        return f"e:{tenant}:{digest}"
+    async def lookup(
+        self, tenant: str, request_key: str, tags: Sequence[str]
+    ) -> tuple[str, bytes, CachedBody | None]:
+        """Return the entry key, the tags' current versions and the entry if fresh."""
+        digest = hashlib.blake2b(request_key.encode(), digest_size=16).hexdigest()
+        key = f"e:{tenant}:{digest}"
+        entry, *versions = await get_many(self.store, [key, *(f"v:{tenant}:{tag}" for tag in tags)])
+        stamp = b",".join(v or b"0" for v in versions)
+        if entry is not None:
+            head, _, body = entry.partition(b"\n")
+            built_under, _, flag = head.rpartition(b"|")
+            if built_under == stamp and flag in (b"g", b"i"):
+                return key, stamp, CachedBody(body, flag == b"g")
+        return key, stamp, None
 
-    async def get(self, key: str) -> bytes | None:
-        """The cached body under ``key``, if fresh."""
-        return await self.store.get(key)
-
-    async def set(self, key: str, body: bytes, *, ttl: float) -> None:
-        """Cache ``body`` under ``key`` for ``ttl`` seconds."""
-        await self.store.set(key, body, expires_in=ttl)
+    async def save(self, key: str, stamp: bytes, entry: CachedBody, *, ttl: float) -> None:
+        """Cache ``entry`` under ``key``, built under the tag versions ``stamp``."""
+        head = stamp + (b"|g" if entry.gzipped else b"|i")
+        await self.store.set(key, head + b"\n" + entry.body, expires_in=ttl)
 
     async def invalidate(self, tenant: str, tags: Sequence[str]) -> None:
         """Make every entry of ``tenant`` tagged with any of ``tags`` stale."""
@@ -214,9 +248,13 @@ class AuthMiddleware:
                 claims = decode_token(self.services.secret, token)
             except jwt.InvalidTokenError as exc:
                 raise Unauthenticated(f"invalid access token: {exc}") from None
-            if await store.exists(f"jti:{claims.get('jti', '')}"):
+            logged_out, not_before = await get_many(
+                store, [f"jti:{claims.get('jti', '')}", f"rev:{claims['sub']}"]
+            )
+            if logged_out is not None:
                 raise Unauthenticated("this token was logged out")
-            await _check_not_revoked(store, str(claims["sub"]), float(claims["iat"]))
+            if not_before is not None and float(claims["iat"]) <= float(not_before):
+                raise Unauthenticated("all sessions of this user were logged out")
             roles = claims.get("roles") or [""]
             return make_principal(str(claims["sub"]), str(claims["tid"]), str(roles[0]), claims)
         if session_id is not None:

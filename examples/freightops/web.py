@@ -8,11 +8,13 @@ it cached) happens here or in middleware.
 from __future__ import annotations
 
 import functools
+import gzip
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
 from examples.freightops.runtime import services
+from examples.freightops.standins import CachedBody
 from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
@@ -154,34 +156,49 @@ def cached(tags: TagSource, *, dashboard: bool = False) -> Callable[[Endpoint], 
     The key is the tenant, the principal's role and the full URL; ``tags``
     (fixed, or computed from the request) are what writes invalidate. Lists
     and details use ``list_cache_ttl``; ``dashboard=True`` uses the (TTL-only)
-    ``dashboard_cache_ttl``. The naive profile has no cache: a plain call.
+    ``dashboard_cache_ttl``. Bodies are cached gzip-compressed and sent as
+    they are to clients that accept gzip. The naive profile has no cache.
     """
 
     def decorate(endpoint: Endpoint) -> Endpoint:
         @functools.wraps(endpoint)
         async def with_cache(request: Request) -> Response:
-            cache = services(request).cache
+            svc = services(request)
+            cache = svc.cache
             if cache is None:
                 return await endpoint(request)
             who = principal(request)
-            tenant = str(who.tenant_id)
             tag_list = tags(request) if callable(tags) else tags
             request_key = f"{','.join(sorted(who.roles))}|{request.url.path}?{request.url.query}"
-            key = await cache.key(tenant, request_key, tag_list)
-            hit = await cache.get(key)
+            key, stamp, hit = await cache.lookup(str(who.tenant_id), request_key, tag_list)
+            gzip_ok = "gzip" in request.headers.get("accept-encoding", "")
             if hit is not None:
-                return Response(hit, media_type="application/json", headers={"x-cache": "hit"})
+                return _cached_response(hit, gzip_ok, "hit")
             response = await endpoint(request)
-            if response.status_code == 200:
-                config = services(request).config
-                ttl = config.dashboard_cache_ttl if dashboard else config.list_cache_ttl
-                await cache.set(key, bytes(response.body), ttl=ttl)
-                response.headers["x-cache"] = "miss"
-            return response
+            if response.status_code != 200:
+                return response
+            body = bytes(response.body)
+            entry = CachedBody(body, gzipped=False)
+            if len(body) >= svc.settings.compression.minimum_size:
+                level = svc.settings.compression.gzip_level
+                entry = CachedBody(gzip.compress(body, level, mtime=0), gzipped=True)
+            ttl = svc.config.dashboard_cache_ttl if dashboard else svc.config.list_cache_ttl
+            await cache.save(key, stamp, entry, ttl=ttl)
+            return _cached_response(entry, gzip_ok, "miss")
 
         return with_cache
 
     return decorate
+
+
+def _cached_response(entry: CachedBody, gzip_ok: bool, state: str) -> Response:
+    headers = {"x-cache": state, "vary": "Accept-Encoding"}
+    if not entry.gzipped:
+        return Response(entry.body, media_type="application/json", headers=headers)
+    if gzip_ok:
+        headers["content-encoding"] = "gzip"
+        return Response(entry.body, media_type="application/json", headers=headers)
+    return Response(gzip.decompress(entry.body), media_type="application/json", headers=headers)
 
 
 async def invalidate(request: Request, *tags: str) -> None:
