@@ -23,7 +23,8 @@ from examples.freightops.naive import NaiveAuthMiddleware
 from examples.freightops.runtime import Services, services
 from examples.freightops.seed import prepare_database
 from examples.freightops.standins import AuthMiddleware, PlanRateLimitMiddleware
-from examples.freightops.web import JSON, Problem, problem_handler
+from examples.freightops.web import JSON, Problem, pool_timeout_handler, problem_handler
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.applications import Starlette
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
@@ -91,7 +92,7 @@ def create_app(
         routes.append(Route("/healthz", healthz, methods=["GET"]))
     app = Starlette(
         routes=routes,
-        exception_handlers={Problem: problem_handler},
+        exception_handlers={Problem: problem_handler, PoolTimeout: pool_timeout_handler},
         lifespan=lifespan,
     )
     app.state.services = svc

@@ -64,6 +64,19 @@ async def problem_handler(request: Request, exc: Exception) -> Response:
     return problem_response(exc.status, detail=exc.detail, instance=request.url.path)
 
 
+async def pool_timeout_handler(request: Request, exc: Exception) -> Response:
+    """The connection pool stayed exhausted for ``pool_timeout``: 503, retry soon.
+
+    TODO(db component): ``freightscale.db`` maps this itself.
+    """
+    return problem_response(
+        503,
+        detail="the database is busy; retry shortly",
+        instance=request.url.path,
+        headers={"Retry-After": "1"},
+    )
+
+
 def principal(request: Request) -> Principal:
     """The authenticated principal, or a 401 problem."""
     found = get_principal(request.scope)
