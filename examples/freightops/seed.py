@@ -107,6 +107,12 @@ async def prepare_database(engine: AsyncEngine, *, shipments: int = 2_000) -> bo
     return True
 
 
+def _table(model: type[Base]) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
 def _role_counts(users_per_tenant: int) -> list[tuple[str, int]]:
     counts = [(role, max(1, round(users_per_tenant * share))) for role, share in ROLE_SHARE]
     viewers = max(1, users_per_tenant - sum(n for _, n in counts))
@@ -128,7 +134,7 @@ def generate(plan: SeedPlan) -> dict[Table, list[dict[str, Any]]]:
         DEMO_PASSWORD, iterations=plan.password_iterations, salt=b"freightops-demo!"
     )
     rows: dict[Table, list[dict[str, Any]]] = {
-        t.__table__: []  # type: ignore[attr-defined]
+        _table(t): []
         for t in (
             Tenant,
             User,
@@ -148,7 +154,7 @@ def generate(plan: SeedPlan) -> dict[Table, list[dict[str, Any]]]:
     ids.update(event=0, quote=0, invoice=0)
     lanes = [(a, b) for a in CITIES[:12] for b in CITIES[:12] if a != b]
     for tid, (slug, name, plan_name) in enumerate(tenants, start=1):
-        rows[Tenant.__table__].append(
+        rows[_table(Tenant)].append(
             {"id": tid, "slug": slug, "name": name, "plan": plan_name, "created_at": now}
         )
         driver_users = []
@@ -156,7 +162,7 @@ def generate(plan: SeedPlan) -> dict[Table, list[dict[str, Any]]]:
             for k in range(1, count + 1):
                 ids["user"] += 1
                 email = f"{role}@{slug}.example" if k == 1 else f"{role}{k}@{slug}.example"
-                rows[User.__table__].append(
+                rows[_table(User)].append(
                     {
                         "id": ids["user"],
                         "tenant_id": tid,
@@ -175,7 +181,7 @@ def generate(plan: SeedPlan) -> dict[Table, list[dict[str, Any]]]:
         for k in range(plan.carriers_per_tenant):
             ids["carrier"] += 1
             carrier_ids.append(ids["carrier"])
-            rows[Carrier.__table__].append(
+            rows[_table(Carrier)].append(
                 {
                     "id": ids["carrier"],
                     "tenant_id": tid,
@@ -188,7 +194,7 @@ def generate(plan: SeedPlan) -> dict[Table, list[dict[str, Any]]]:
         for k in range(len(driver_users) + plan.carriers_per_tenant):
             ids["driver"] += 1
             driver_ids.append(ids["driver"])
-            rows[Driver.__table__].append(
+            rows[_table(Driver)].append(
                 {
                     "id": ids["driver"],
                     "tenant_id": tid,
@@ -201,7 +207,7 @@ def generate(plan: SeedPlan) -> dict[Table, list[dict[str, Any]]]:
             )
         for origin, destination in lanes:
             ids["rate"] += 1
-            rows[Rate.__table__].append(
+            rows[_table(Rate)].append(
                 {
                     "id": ids["rate"],
                     "tenant_id": tid,
@@ -219,7 +225,7 @@ def generate(plan: SeedPlan) -> dict[Table, list[dict[str, Any]]]:
             ids["quote"] += 1
             origin, destination = rng.choice(lanes)
             weight = round(rng.uniform(100, 24_000), 1)
-            rows[Quote.__table__].append(
+            rows[_table(Quote)].append(
                 {
                     "id": ids["quote"],
                     "tenant_id": tid,
@@ -247,8 +253,8 @@ def _shipments(
 ) -> None:
     statuses = [s for s, _ in STATUS_SHARE] + ["cancelled"]
     weights = [w for _, w in STATUS_SHARE] + [1 - sum(w for _, w in STATUS_SHARE)]
-    shipments, events = rows[Shipment.__table__], rows[TrackingEvent.__table__]
-    loads, invoices = rows[Load.__table__], rows[Invoice.__table__]
+    shipments, events = rows[_table(Shipment)], rows[_table(TrackingEvent)]
+    loads, invoices = rows[_table(Load)], rows[_table(Invoice)]
     for k in range(count):
         ids["shipment"] += 1
         sid = ids["shipment"]

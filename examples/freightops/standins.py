@@ -115,7 +115,7 @@ async def get_many(store: Store, keys: Sequence[str]) -> list[bytes | None]:
         from freightscale.backends.redis import translate_redis_error
 
         try:
-            values: list[bytes | None] = await client.mget([full_key(k) for k in keys])
+            values: list[Any] = await client.mget([full_key(k) for k in keys])
         except Exception as exc:
             raise translate_redis_error(exc) from exc
         return values

@@ -136,7 +136,7 @@ def int_param(request: Request, name: str, *, default: int | None = None) -> int
 
 
 async def keyset_page(
-    request: Request, conn: AsyncConnection, stmt: Select[Any], id_column: Any
+    request: Request, conn: AsyncConnection, stmt: Select[*tuple[Any, ...]], id_column: Any
 ) -> dict[str, Any]:
     """Run ``stmt`` one page at a time, newest first.
 
