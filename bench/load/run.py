@@ -184,6 +184,12 @@ def app_env(profile: str, database_url: str, redis_url: str, session_dir: Path) 
         "FREIGHTSCALE_REDIS__URL": redis_url,
         "FREIGHTSCALE_REDIS__KEY_PREFIX": "fobench",
         "FREIGHTSCALE_AUTH__SECRET": SECRET,
+        # One steady pool per worker: overflow connections are opened and closed
+        # again under sustained load (churn), and with asyncpg each pre-ping is
+        # three round trips (BEGIN; ping; ROLLBACK) per checkout.
+        "FREIGHTSCALE_DATABASE__POOL_SIZE": "20",
+        "FREIGHTSCALE_DATABASE__MAX_OVERFLOW": "0",
+        "FREIGHTSCALE_DATABASE__POOL_PRE_PING": "false",
         "FREIGHTOPS_PROFILE": profile,
         "FREIGHTOPS_SESSION_DIR": str(session_dir),
         "FREIGHTOPS_PLAN_LIMITS": BENCH_PLAN_LIMITS,

@@ -72,6 +72,10 @@ class Services:
         # TODO(db component): freightscale.db routes reads over healthy replicas
         # with read-your-writes; the stand-in sends GET-route reads to the first one.
         read_engine = _engine(replicas[0], settings, config) if replicas else engine
+        if read_engine.dialect.name == "postgresql":
+            # Reads run in autocommit: no BEGIN / ROLLBACK round trips around
+            # each request's SELECTs (same pool, only the option differs).
+            read_engine = read_engine.execution_options(isolation_level="AUTOCOMMIT")
         root_store = _store(settings)
         store = root_store.with_namespace("freightops")
         sessions: SessionBackend
@@ -87,8 +91,7 @@ class Services:
     async def aclose(self) -> None:
         """Dispose of the engines and close the store."""
         await self.engine.dispose()
-        if self.read_engine is not self.engine:
-            await self.read_engine.dispose()
+        await self.read_engine.dispose()
         await self.root_store.aclose()
 
 
