@@ -57,6 +57,8 @@ BENCH_PLAN_LIMITS = (
     '{"free": "5000/second", "standard": "5000/second", "enterprise": "5000/second"}'
 )
 
+NOTES_MARKER = "<!-- notes: kept when bench/load/run.py rewrites this page -->"
+
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 
@@ -516,7 +518,12 @@ def write_report(steps: list[Step], args: argparse.Namespace, command: str, out:
     chart = out.parent / "img" / "load-p95.png"
     chart.parent.mkdir(parents=True, exist_ok=True)
     _chart(steps, chart)
-    out.write_text(render_report(steps, args, command, chart.relative_to(out.parent)))
+    notes = ""
+    if out.exists() and NOTES_MARKER in out.read_text():
+        # Hand-written analysis below the marker survives a re-run.
+        notes = out.read_text().split(NOTES_MARKER, 1)[1]
+    report = render_report(steps, args, command, chart.relative_to(out.parent))
+    out.write_text(report + "\n" + NOTES_MARKER + (notes or "\n"))
     print(f"wrote {out} and {chart}")
 
 
