@@ -14,16 +14,26 @@ import logging
 import traceback
 from collections.abc import Mapping
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.responses import Response
 
 from freightscale.context import get_request_id, scope_state
 from freightscale.exceptions import FreightScaleError, RateLimitExceeded
 from freightscale.responses import json_dumps
+from freightscale.telemetry import get_counter
 from freightscale.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["PROBLEM_CONTENT_TYPE", "ErrorMiddleware", "ProblemResponse", "problem_response"]
+if TYPE_CHECKING:
+    from opentelemetry.metrics import Counter
+
+__all__ = [
+    "PROBLEM_CONTENT_TYPE",
+    "ErrorMiddleware",
+    "ProblemResponse",
+    "exception_handlers",
+    "problem_response",
+]
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
@@ -93,6 +103,10 @@ def problem_for_exception(exc: FreightScaleError, scope: Scope) -> ProblemRespon
     )
 
 
+def _unhandled() -> Counter:
+    return get_counter("freightscale.errors.unhandled")
+
+
 def _phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
@@ -139,6 +153,7 @@ class ErrorMiddleware:
                 await problem_for_exception(exc, scope)(scope, receive, send)
         except Exception as exc:
             logger.exception("unhandled error in request %s", get_request_id())
+            _unhandled().add(1, {"error.type": type(exc).__qualname__})
             scope_state(scope)["error"] = exc
             if started:
                 return
@@ -149,3 +164,28 @@ class ErrorMiddleware:
                 extra = {"traceback": traceback.format_exception(exc)}
             response = problem_response(500, detail=detail, instance=scope.get("path"), extra=extra)
             await response(scope, receive, send)
+
+
+async def _handle_freightscale_error(request: Any, exc: Exception) -> Response:
+    assert isinstance(exc, FreightScaleError)
+    if exc.status_code >= 500:
+        logger.warning("request %s failed: %r", get_request_id(), exc)
+    return problem_for_exception(exc, request.scope)
+
+
+async def _handle_unexpected_error(request: Any, exc: Exception) -> Response:
+    # Starlette's ServerErrorMiddleware sends this, then re-raises, and
+    # ErrorMiddleware (outside the app) logs the exception once.
+    return problem_response(500, instance=request.scope.get("path"))
+
+
+def exception_handlers() -> dict[Any, Any]:
+    """Return Starlette/FastAPI exception handlers that answer with problem+json.
+
+    Starlette turns every exception into its own plain-text 500 *inside* the
+    app, before an outer :class:`ErrorMiddleware` can see it. Pass these
+    (``Starlette(exception_handlers=exception_handlers())``), or let
+    ``build_stack`` install them, so a ``PermissionDenied`` becomes a 403
+    problem and a crash a 500 problem there too.
+    """
+    return {FreightScaleError: _handle_freightscale_error, Exception: _handle_unexpected_error}

@@ -1,0 +1,250 @@
+"""The :class:`Stack` app and :func:`build_stack`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from freightscale.context import scope_state
+from freightscale.health import CheckFunction, HealthApp
+from freightscale.settings import FreightScaleSettings
+from freightscale.stack import layers
+from freightscale.stack.layers import Component, Resource
+from freightscale.stack.lifespan import InnerLifespan
+from freightscale.stores.base import Store
+from freightscale.stores.memory import MemoryStore
+from freightscale.telemetry import TelemetryMiddleware
+from freightscale.types import ASGIApp, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from freightscale.backends.redis import RedisClient
+
+__all__ = ["Stack", "build_stack"]
+
+logger = logging.getLogger("freightscale.stack")
+
+
+class Stack:
+    """The ASGI app ``build_stack`` returns; also the handle on shared resources.
+
+    Attributes:
+        app: the wrapped application.
+        settings: the settings it was built with.
+        health: the health app (register more checks on it).
+        resources: opened resources by name (``"redis"``); empty before startup.
+        components: names of the installed layers, outermost first.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: FreightScaleSettings,
+        *,
+        health: HealthApp,
+        components: tuple[Component, ...],
+        resources: tuple[Resource, ...],
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.health = health
+        self.resources: dict[str, Any] = {}
+        self._resource_specs = resources
+        self._stores: dict[str, Store] = {}
+        self._started = False
+        self._lock: asyncio.Lock | None = None
+
+        inner = app
+        for component in reversed(components):
+            inner = component.wrap(inner, self)
+        self.components = tuple(c.name for c in components)
+        if settings.health.enabled:
+            inner = _HealthRouter(inner, health)
+            self.components = ("health", *self.components)
+        if settings.telemetry.enabled:
+            inner = TelemetryMiddleware(inner, settings.telemetry)
+            self.components = ("telemetry", *self.components)
+        self._chain: ASGIApp = inner
+
+    @property
+    def started(self) -> bool:
+        """True once the resources are open."""
+        return self._started
+
+    @property
+    def redis(self) -> RedisClient | None:
+        """The shared Redis client, or None when no Redis URL is set (or before startup)."""
+        client: RedisClient | None = self.resources.get("redis")
+        return client
+
+    def store(self, namespace: str) -> Store:
+        """Return the shared store for ``namespace`` (one instance per namespace).
+
+        A :class:`~freightscale.stores.redis.RedisStore` on the shared client
+        when Redis is configured, else a bounded in-process
+        :class:`~freightscale.stores.MemoryStore`. Call it after startup.
+        """
+        store = self._stores.get(namespace)
+        if store is None:
+            if self.settings.redis.enabled:
+                client = self.redis
+                if client is None:
+                    raise RuntimeError(
+                        f"stack.store({namespace!r}) needs the Redis client, which opens at "
+                        f"startup; call it from a request or a startup hook"
+                    )
+                from freightscale.stores.redis import RedisStore
+
+                store = RedisStore(
+                    client,
+                    key_prefix=self.settings.redis.key_prefix,
+                    namespace=namespace,
+                    check_timeout=self.settings.redis.socket_timeout,
+                )
+            else:
+                store = MemoryStore(namespace=namespace)
+            self._stores[namespace] = store
+        return store
+
+    async def startup(self) -> None:
+        """Open the resources and register their readiness checks (idempotent)."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._started:
+                return
+            opened: list[tuple[Resource, Any]] = []
+            try:
+                for spec in self._resource_specs:
+                    if not spec.enabled(self.settings):
+                        continue
+                    value = await spec.open(self)
+                    opened.append((spec, value))
+                    self.resources[spec.name] = value
+            except BaseException:
+                await _close_all(opened)
+                self.resources.clear()
+                raise
+            for spec, value in opened:
+                if spec.check is not None and spec.name not in self.health.check_names:
+                    self.health.register(spec.name, spec.check(value))
+            self._started = True
+
+    async def aclose(self) -> None:
+        """Close the resources opened by :meth:`startup` (idempotent)."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if not self._started:
+                return
+            opened = [
+                (s, self.resources[s.name])
+                for s in self._resource_specs
+                if s.name in self.resources
+            ]
+            for spec, _ in opened:
+                self.health.unregister(spec.name)
+            self._stores.clear()
+            self.resources.clear()
+            self._started = False
+            await _close_all(opened)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        if not self._started:
+            await self.startup()  # the server sent no lifespan events
+        scope_state(scope)["stack"] = self
+        await self._chain(scope, receive, send)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope.get("state")
+        if isinstance(state, dict):
+            state["freightscale"] = self  # request.state.freightscale in Starlette
+        inner = InnerLifespan(self._chain, scope)
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        try:
+            await self.startup()
+        except BaseException as exc:
+            logger.exception("freightscale startup failed")
+            await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+            if not isinstance(exc, Exception):
+                raise
+            return
+        failure = await inner.send_and_wait("lifespan.startup")
+        if failure is not None:
+            await self.aclose()
+            await send({"type": "lifespan.startup.failed", "message": failure})
+            return
+        await send({"type": "lifespan.startup.complete"})
+
+        message = await receive()
+        assert message["type"] == "lifespan.shutdown"
+        failure = await inner.send_and_wait("lifespan.shutdown")
+        try:
+            await self.aclose()
+        except Exception as exc:
+            logger.exception("freightscale shutdown failed")
+            failure = failure or repr(exc)
+        if failure is not None:
+            await send({"type": "lifespan.shutdown.failed", "message": failure})
+        else:
+            await send({"type": "lifespan.shutdown.complete"})
+
+
+async def _close_all(opened: list[tuple[Resource, Any]]) -> None:
+    for spec, value in reversed(opened):
+        try:
+            await spec.close(value)
+        except Exception:
+            logger.exception("closing %s failed", spec.name)
+
+
+class _HealthRouter:
+    """Answers the health paths before any component below telemetry sees them."""
+
+    def __init__(self, app: ASGIApp, health: HealthApp) -> None:
+        self.app = app
+        self.health = health
+        self.paths = health.paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            root: str = scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root) :] or "/"
+            if path in self.paths:
+                await self.health(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def build_stack(
+    app: ASGIApp,
+    settings: FreightScaleSettings | None = None,
+    *,
+    health: HealthApp | None = None,
+    checks: Mapping[str, CheckFunction] | None = None,
+) -> Stack:
+    """Wrap ``app`` in every enabled component, in the documented order.
+
+    Args:
+        app: any ASGI app (Starlette, FastAPI, a bare callable).
+        settings: all settings; ``FreightScaleSettings()`` (the environment) when omitted.
+        health: a health app to serve instead of one built from ``settings.health``.
+        checks: extra readiness checks by name (a check per configured
+            service is added at startup).
+
+    Returns:
+        The :class:`Stack`: an ASGI app that also holds the shared resources.
+    """
+    settings = settings or FreightScaleSettings()
+    health = health or HealthApp(settings.health)
+    for name, check in (checks or {}).items():
+        health.register(name, check)
+    components = tuple(c for c in layers.COMPONENTS if c.enabled(settings))
+    return Stack(app, settings, health=health, components=components, resources=layers.RESOURCES)

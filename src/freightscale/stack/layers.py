@@ -1,0 +1,134 @@
+"""The layers and shared resources ``build_stack`` knows, in the documented order.
+
+This is the one place to edit when a component lands: add a
+:class:`Component` to :data:`COMPONENTS` at its position (and a
+:class:`Resource` to :data:`RESOURCES` if it needs a shared client).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from freightscale.errors import ErrorMiddleware, exception_handlers
+from freightscale.exceptions import FreightScaleError
+from freightscale.health import CheckFunction, redis_check
+from freightscale.settings import FreightScaleSettings
+from freightscale.types import ASGIApp
+
+if TYPE_CHECKING:
+    from freightscale.backends.redis import RedisClient
+    from freightscale.stack.core import Stack
+
+__all__ = ["COMPONENTS", "RESOURCES", "Component", "Resource"]
+
+logger = logging.getLogger("freightscale.stack")
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    """One middleware layer ``build_stack`` may install.
+
+    Attributes:
+        name: short name (used in logs and docs).
+        enabled: decides from the settings whether the layer is installed.
+        wrap: returns the middleware wrapped around ``app``; reads its
+            settings and shared resources (``stack.redis``, ``stack.store(...)``)
+            from the :class:`Stack`. Called once, at build time: resources
+            are not open yet, so keep references to ``stack`` and resolve
+            clients per request or in a startup hook, not here.
+    """
+
+    name: str
+    enabled: Callable[[FreightScaleSettings], bool]
+    wrap: Callable[[ASGIApp, Stack], ASGIApp]
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """A shared client opened at startup and closed at shutdown.
+
+    Attributes:
+        name: key in ``stack.resources`` and the readiness check's name.
+        enabled: decides from the settings whether to open it.
+        open: opens it; must not block past its own connect timeout, and
+            should not fail just because the service is down (readiness
+            reports that).
+        close: releases it.
+        check: builds its readiness check, if it has one.
+    """
+
+    name: str
+    enabled: Callable[[FreightScaleSettings], bool]
+    open: Callable[[Stack], Awaitable[Any]]
+    close: Callable[[Any], Awaitable[None]]
+    check: Callable[[Any], CheckFunction] | None = None
+
+
+async def _open_redis(stack: Stack) -> RedisClient:
+    from freightscale.backends.redis import create_redis_client, ping
+
+    settings = stack.settings.redis
+    client = create_redis_client(settings)
+    try:
+        await ping(client, timeout=settings.connect_timeout)
+    except FreightScaleError as exc:
+        # Not fatal: the app starts, /readyz says 503 and the client reconnects by itself.
+        logger.warning(
+            "redis at %s is unreachable at startup (%s); /readyz reports it until it answers",
+            _without_credentials(settings.url.get_secret_value()),
+            exc,
+        )
+    return client
+
+
+def _without_credentials(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
+
+
+async def _close_redis(client: RedisClient) -> None:
+    await client.aclose()
+
+
+def _errors(app: ASGIApp, stack: Stack) -> ASGIApp:
+    # Starlette/FastAPI answer exceptions inside the app with a plain-text
+    # 500; give them problem+json handlers (unless the app has its own).
+    handlers = getattr(app, "exception_handlers", None)
+    if isinstance(handlers, dict) and hasattr(app, "middleware_stack"):
+        ours = exception_handlers()
+        handlers.setdefault(FreightScaleError, ours[FreightScaleError])
+        if 500 not in handlers and Exception not in handlers:
+            handlers[Exception] = ours[Exception]
+        app.middleware_stack = None  # rebuilt with the handlers on the next call
+    return ErrorMiddleware(app, debug=stack.settings.debug)
+
+
+def _decompression(app: ASGIApp, stack: Stack) -> ASGIApp:
+    from freightscale.decompression import RequestDecompressionMiddleware
+
+    return RequestDecompressionMiddleware(app, stack.settings.decompression)
+
+
+RESOURCES: tuple[Resource, ...] = (
+    Resource("redis", lambda s: s.redis.enabled, _open_redis, _close_redis, redis_check),
+    # database: the db layer adds its engines here (check: health.engine_check).
+)
+"""Shared clients, opened in this order and closed in reverse."""
+
+COMPONENTS: tuple[Component, ...] = (
+    # 1. telemetry and the health endpoints are placed by build_stack itself (outermost).
+    Component("errors", lambda s: True, _errors),
+    # 3. per-IP rate limit           Component("ratelimit.ip", lambda s: s.ratelimit.enabled, …)
+    # 4. authentication + tenant     Component("auth", lambda s: s.auth.enabled, …)
+    # 5. per-user/tenant rate limit  Component("ratelimit.user", lambda s: s.ratelimit.enabled, …)
+    # Request bodies are inflated lazily (only as the app reads them) and only
+    # for requests that got past the limits and authentication above.
+    Component("decompression", lambda s: s.decompression.enabled, _decompression),
+    # 6. response cache              Component("cache", lambda s: s.cache.enabled, …)
+    # 7. compression                 Component("compression", lambda s: s.compression.enabled, …)
+    # 8. sessions                    Component("sessions", lambda s: s.sessions.enabled, …)
+)
+"""Middleware layers, outermost first (after telemetry and health)."""

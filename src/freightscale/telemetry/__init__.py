@@ -1,0 +1,45 @@
+"""Request ids and OpenTelemetry: names, helpers and the outermost middleware.
+
+``TelemetryMiddleware`` gives each request an id (reused from a well-formed
+``X-Request-ID`` or generated), a server span and a duration sample.
+``METRICS`` lists every metric name any component records; components get
+their instruments with :func:`get_counter` / :func:`get_histogram` /
+:func:`get_up_down_counter`. Only ``opentelemetry-api`` is used: with no SDK
+installed, spans are skipped and instruments are no-ops.
+"""
+
+from __future__ import annotations
+
+from freightscale.telemetry.instruments import (
+    INSTRUMENTATION_NAME,
+    METRICS,
+    MetricSpec,
+    get_counter,
+    get_histogram,
+    get_meter,
+    get_tracer,
+    get_up_down_counter,
+)
+from freightscale.telemetry.middleware import (
+    RequestIdLogFilter,
+    TelemetryMiddleware,
+    generate_request_id,
+)
+
+RequestIdMiddleware = TelemetryMiddleware
+"""Alias: the telemetry middleware is also the request-id middleware."""
+
+__all__ = [
+    "INSTRUMENTATION_NAME",
+    "METRICS",
+    "MetricSpec",
+    "RequestIdLogFilter",
+    "RequestIdMiddleware",
+    "TelemetryMiddleware",
+    "generate_request_id",
+    "get_counter",
+    "get_histogram",
+    "get_meter",
+    "get_tracer",
+    "get_up_down_counter",
+]
