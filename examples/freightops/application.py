@@ -14,16 +14,10 @@ authentication (file sessions + a permission query per request).
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from examples.freightops.config import AppConfig
-from examples.freightops.features import all_routes
-from examples.freightops.naive import NaiveAuthMiddleware
-from examples.freightops.runtime import Services, services
-from examples.freightops.seed import prepare_database
-from examples.freightops.standins import AuthMiddleware, PlanRateLimitMiddleware
-from examples.freightops.web import JSON, Problem, pool_timeout_handler, problem_handler
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.applications import Starlette
 from starlette.middleware.gzip import GZipMiddleware
@@ -31,12 +25,23 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+import freightscale
+from examples.freightops.config import AppConfig
+from examples.freightops.features import all_routes
+from examples.freightops.naive import NaiveAuthMiddleware
+from examples.freightops.runtime import Services, services
+from examples.freightops.seed import prepare_database
+from examples.freightops.standins import AuthMiddleware, PlanRateLimitMiddleware
+from examples.freightops.web import JSON, Problem, pool_timeout_handler, problem_handler
 from freightscale.errors import ErrorMiddleware
 from freightscale.routing import use_indexed_router
 from freightscale.settings import FreightScaleSettings
+from freightscale.stack import build_stack
 from freightscale.types import ASGIApp
 
 __all__ = ["create_app"]
+
+_STARTED = time.monotonic()
 
 
 async def index(request: Request) -> Response:
@@ -53,9 +58,23 @@ async def index(request: Request) -> Response:
     )
 
 
-async def healthz(request: Request) -> Response:
-    """Liveness. TODO(health component): build_stack mounts freightscale.health instead."""
-    return JSON({"status": "ok"})
+async def status(request: Request) -> Response:
+    """``GET /api/v1/status``: what this instance is and what it is connected to."""
+    svc = services(request)
+    stack = request.scope.get("freightscale", {}).get("stack")
+    return JSON(
+        {
+            "service": "freightops",
+            "freightscale": freightscale.__version__,
+            "profile": svc.config.profile,
+            "environment": svc.settings.environment,
+            "uptime_seconds": round(time.monotonic() - _STARTED, 3),
+            "database": svc.engine.dialect.name,
+            "redis": "configured" if svc.settings.redis.enabled else "embedded (memory)",
+            "components": list(stack.components) if stack is not None else [],
+            "request_id": freightscale.get_request_id(),
+        }
+    )
 
 
 def create_app(
@@ -81,15 +100,11 @@ def create_app(
         finally:
             await svc.aclose()
 
-    try:
-        from freightscale import stack as _stack  # noqa: F401
-
-        has_stack = True
-    except ImportError:
-        has_stack = False
-    routes = [Route("/", index, methods=["GET"]), *all_routes()]
-    if not has_stack:
-        routes.append(Route("/healthz", healthz, methods=["GET"]))
+    routes = [
+        Route("/", index, methods=["GET"]),
+        Route("/api/v1/status", status, methods=["GET"]),
+        *all_routes(),
+    ]
     app = Starlette(
         routes=routes,
         exception_handlers={Problem: problem_handler, PoolTimeout: pool_timeout_handler},
@@ -106,8 +121,5 @@ def create_app(
     inner: ASGIApp = GZipMiddleware(app, minimum_size=settings.compression.minimum_size)
     inner = PlanRateLimitMiddleware(inner, svc)
     inner = AuthMiddleware(inner, svc)
-    if has_stack:
-        from freightscale.stack import build_stack
-
-        return build_stack(inner, settings)
-    return ErrorMiddleware(inner, debug=settings.debug)
+    # telemetry → health (/healthz, /readyz) → errors → the components as they land.
+    return build_stack(inner, settings)

@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jwt
+from sqlalchemy import select
+
 from examples.freightops.models import Role, User
 from examples.freightops.security import decode_token
 from examples.freightops.standins import Unauthenticated, credentials, make_principal
-from sqlalchemy import select
-
 from freightscale.context import Principal, bind_principal
 from freightscale.errors import problem_response
 from freightscale.types import ASGIApp, Receive, Scope, Send

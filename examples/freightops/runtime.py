@@ -13,13 +13,13 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from examples.freightops.config import AppConfig
-from examples.freightops.naive import FileSessionStore
-from examples.freightops.standins import ResponseCache, SessionBackend, StoreSessions
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from starlette.requests import HTTPConnection
 
+from examples.freightops.config import AppConfig
+from examples.freightops.naive import FileSessionStore
+from examples.freightops.standins import ResponseCache, SessionBackend, StoreSessions
+from freightscale.db import create_engines
 from freightscale.settings import FreightScaleSettings
 from freightscale.stores import MemoryStore, Store
 
@@ -67,11 +67,18 @@ class Services:
                 "FREIGHTSCALE_AUTH__SECRET is not set: using a random per-process token secret "
                 "(fine for the embedded demo; set it when running several workers)"
             )
-        engine = _engine(settings.database.effective_url, settings, config)
         replicas = [u.get_secret_value() for u in settings.database.replica_urls]
-        # TODO(db component): freightscale.db routes reads over healthy replicas
-        # with read-your-writes; the stand-in sends GET-route reads to the first one.
-        read_engine = _engine(replicas[0], settings, config) if replicas else engine
+        if config.naive:
+            engine = _naive_engine(settings.database.effective_url, settings, config)
+            read_engine = _naive_engine(replicas[0], settings, config) if replicas else engine
+        else:
+            # freightscale.db: bounded, instrumented pools sized by FREIGHTSCALE_DATABASE__*.
+            # TODO(db routing): Database/RoutingAsyncSession would spread reads over the
+            # healthy replicas with read-your-writes; the example's Core queries use the
+            # first replica for GET routes.
+            engines = create_engines(settings.database)
+            engine = engines.primary
+            read_engine = engines.replicas[0] if engines.replicas else engine
         if read_engine.dialect.name == "postgresql":
             # Reads run in autocommit: no BEGIN / ROLLBACK round trips around
             # each request's SELECTs (same pool, only the option differs).
@@ -95,41 +102,19 @@ class Services:
         await self.root_store.aclose()
 
 
-def _engine(url: str, settings: FreightScaleSettings, config: AppConfig) -> AsyncEngine:
+def _naive_engine(url: str, settings: FreightScaleSettings, config: AppConfig) -> AsyncEngine:
+    """The legacy design's engine: one pool that grows without bound under load."""
     db = settings.database
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": db.connect_timeout})
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
-
-        return engine
-    server_settings = {"application_name": db.application_name}
-    if config.naive:
-        # The legacy design: one pool that grows without bound under load.
-        return create_async_engine(
-            url,
-            pool_size=config.naive_pool_size,
-            max_overflow=-1,
-            connect_args={"server_settings": server_settings, "timeout": db.connect_timeout},
-        )
-    # TODO(db component): replace with freightscale.db's engine factory (budget,
-    # statement timeout, replica health); these are the same settings it reads.
-    if db.statement_timeout_ms:
-        server_settings["statement_timeout"] = str(db.statement_timeout_ms)
+        return create_async_engine(url, connect_args={"timeout": db.connect_timeout})
     return create_async_engine(
         url,
-        pool_size=db.pool_size,
-        max_overflow=db.max_overflow,
-        pool_timeout=db.pool_timeout,
-        pool_recycle=db.pool_recycle,
-        pool_pre_ping=db.pool_pre_ping,
-        connect_args={"server_settings": server_settings, "timeout": db.connect_timeout},
+        pool_size=config.naive_pool_size,
+        max_overflow=-1,
+        connect_args={
+            "server_settings": {"application_name": db.application_name},
+            "timeout": db.connect_timeout,
+        },
     )
 
 

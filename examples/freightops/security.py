@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jwt
+
 from examples.freightops.models import ROLE_PERMISSIONS
 
 __all__ = [

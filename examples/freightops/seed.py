@@ -24,6 +24,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Table, func, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
 from examples.freightops.models import (
     ROLE_PERMISSIONS,
     Base,
@@ -40,8 +43,6 @@ from examples.freightops.models import (
     User,
 )
 from examples.freightops.security import hash_password
-from sqlalchemy import Table, func, insert, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 __all__ = ["DEMO_PASSWORD", "SeedPlan", "create_schema", "prepare_database", "seed"]
 

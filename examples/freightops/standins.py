@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import jwt
 import msgspec
-from examples.freightops.security import decode_token, permissions_for
 from starlette.datastructures import Headers
 from starlette.requests import cookie_parser
 
+from examples.freightops.security import decode_token, permissions_for
 from freightscale.context import Principal, bind_principal
 from freightscale.errors import problem_response
 from freightscale.stores import Store
@@ -356,8 +356,9 @@ class PlanRateLimitMiddleware:
     async def _plan(self, tenant: str) -> str:
         plan = self.plans.get(tenant)
         if plan is None:
-            from examples.freightops.models import Tenant
             from sqlalchemy import select
+
+            from examples.freightops.models import Tenant
 
             async with self.services.read_engine.connect() as conn:
                 found = await conn.scalar(select(Tenant.plan).where(Tenant.id == int(tenant)))

@@ -13,13 +13,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
-from examples.freightops.runtime import services
-from examples.freightops.standins import CachedBody
 from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import Response
 
+from examples.freightops.runtime import services
+from examples.freightops.standins import CachedBody
 from freightscale.context import Principal, get_principal
 from freightscale.errors import problem_response
 from freightscale.responses import FastJSONResponse

@@ -5,6 +5,8 @@ Each module exposes ``routes``; :func:`all_routes` collects them in order.
 
 from __future__ import annotations
 
+from starlette.routing import BaseRoute
+
 from examples.freightops.features import (
     admin,
     auth,
@@ -17,7 +19,6 @@ from examples.freightops.features import (
     shipments,
     tracking,
 )
-from starlette.routing import BaseRoute
 
 __all__ = ["all_routes"]
 

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import anyio.to_thread
 import msgspec
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
 from examples.freightops.models import ROLE_PERMISSIONS, Role, Tenant, User
 from examples.freightops.runtime import services
 from examples.freightops.security import hash_password
@@ -17,11 +23,6 @@ from examples.freightops.web import (
     requires,
     tenant_id,
 )
-from sqlalchemy import func, insert, select, update
-from sqlalchemy.exc import IntegrityError
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 __all__ = ["routes"]
 

@@ -6,15 +6,16 @@ import time
 
 import anyio.to_thread
 import msgspec
+from sqlalchemy import select, update
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
 from examples.freightops.models import Role, Tenant, User
 from examples.freightops.runtime import services
 from examples.freightops.security import hash_password, issue_token, verify_password
 from examples.freightops.standins import SESSION_COOKIE
 from examples.freightops.web import JSON, Problem, body, principal
-from sqlalchemy import select, update
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 __all__ = ["routes"]
 

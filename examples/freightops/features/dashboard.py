@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 
-from examples.freightops.models import Invoice, Load, Shipment, TrackingEvent
-from examples.freightops.runtime import services
-from examples.freightops.web import JSON, cached, requires, tenant_id
 from sqlalchemy import func, select
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from examples.freightops.models import Invoice, Load, Shipment, TrackingEvent
+from examples.freightops.runtime import services
+from examples.freightops.web import JSON, cached, requires, tenant_id
 
 __all__ = ["routes"]
 

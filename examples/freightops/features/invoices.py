@@ -6,6 +6,12 @@ import datetime as dt
 import secrets
 
 import msgspec
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
 from examples.freightops.models import Invoice, Shipment
 from examples.freightops.runtime import services
 from examples.freightops.web import (
@@ -19,11 +25,6 @@ from examples.freightops.web import (
     requires,
     tenant_id,
 )
-from sqlalchemy import insert, select
-from sqlalchemy.exc import IntegrityError
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 __all__ = ["routes"]
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import msgspec
+from sqlalchemy import insert, select
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
 from examples.freightops.models import Carrier, Driver, Load, Shipment
 from examples.freightops.runtime import services
 from examples.freightops.web import (
@@ -16,10 +21,6 @@ from examples.freightops.web import (
     requires,
     tenant_id,
 )
-from sqlalchemy import insert, select
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 __all__ = ["routes"]
 

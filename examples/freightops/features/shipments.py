@@ -6,6 +6,12 @@ import datetime as dt
 import secrets
 
 import msgspec
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
 from examples.freightops.models import (
     SHIPMENT_STATUSES,
     Carrier,
@@ -26,11 +32,6 @@ from examples.freightops.web import (
     requires,
     tenant_id,
 )
-from sqlalchemy import func, insert, select, update
-from sqlalchemy.exc import IntegrityError
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 __all__ = ["COLUMNS", "routes"]
 

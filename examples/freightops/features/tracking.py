@@ -5,14 +5,15 @@ from __future__ import annotations
 import datetime as dt
 
 import msgspec
-from examples.freightops.models import Shipment, TrackingEvent
-from examples.freightops.runtime import services
-from examples.freightops.web import JSON, Problem, body, cached, int_param, invalidate, requires
-from examples.freightops.web import tenant_id as current_tenant
 from sqlalchemy import insert, select
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from examples.freightops.models import Shipment, TrackingEvent
+from examples.freightops.runtime import services
+from examples.freightops.web import JSON, Problem, body, cached, int_param, invalidate, requires
+from examples.freightops.web import tenant_id as current_tenant
 
 __all__ = ["routes"]
 
