@@ -89,7 +89,7 @@ def issue_token(
     claims: dict[str, Any] = {
         "iss": TOKEN_ISSUER,
         "sub": str(user_id),
-        "tid": str(tenant_id),
+        "tenant": str(tenant_id),
         "roles": [role],
         "scope": " ".join(sorted(permissions_for(role))),
         "sid": session_id,
@@ -112,6 +112,6 @@ def decode_token(secret: str, token: str, *, leeway: float = 30.0) -> Mapping[st
         algorithms=["HS256"],
         issuer=TOKEN_ISSUER,
         leeway=leeway,
-        options={"require": ["exp", "iat", "sub", "tid", "sid"]},
+        options={"require": ["exp", "iat", "sub", "tenant", "sid"]},
     )
     return claims

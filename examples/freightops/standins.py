@@ -256,7 +256,7 @@ class AuthMiddleware:
             if not_before is not None and float(claims["iat"]) <= float(not_before):
                 raise Unauthenticated("all sessions of this user were logged out")
             roles = claims.get("roles") or [""]
-            return make_principal(str(claims["sub"]), str(claims["tid"]), str(roles[0]), claims)
+            return make_principal(str(claims["sub"]), str(claims["tenant"]), str(roles[0]), claims)
         if session_id is not None:
             # A stale or unknown cookie is ignored (anonymous), never an error:
             # it must not stop the browser from logging in again.

@@ -40,7 +40,7 @@ def test_token_round_trip_tamper_and_expiry() -> None:
     )
     decoded = decode_token(SECRET, token)
     assert decoded["sub"] == "7"
-    assert decoded["tid"] == "3"
+    assert decoded["tenant"] == "3"
     assert decoded["roles"] == ["driver"]
     assert set(decoded["scope"].split()) == permissions_for("driver")
     assert decoded["jti"] == claims["jti"]
