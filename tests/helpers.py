@@ -7,19 +7,13 @@ drivers here call an ASGI app directly with hand-built scopes.
 from __future__ import annotations
 
 import asyncio
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
 from freightscale.types import ASGIApp, Message
+from tests.servers import free_port
 
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+__all__ = ["LifespanDriver", "free_port", "http_scope", "request", "websocket_session"]
 
 
 def http_scope(

@@ -11,9 +11,13 @@ import freightscale
 MODULES = [
     "freightscale",
     "freightscale.context",
+    "freightscale.db",
+    "freightscale.decompression",
     "freightscale.errors",
     "freightscale.exceptions",
     "freightscale.health",
+    "freightscale.responses",
+    "freightscale.routing",
     "freightscale.settings",
     "freightscale.stack",
     "freightscale.stores",

@@ -13,7 +13,13 @@ from freightscale.db import (
     get_session,
     primary,
 )
-from freightscale.errors import ErrorMiddleware, ProblemResponse, problem_response
+from freightscale.decompression import RequestDecompressionMiddleware
+from freightscale.errors import (
+    ErrorMiddleware,
+    ProblemResponse,
+    exception_handlers,
+    problem_response,
+)
 from freightscale.exceptions import (
     AuthenticationError,
     ConfigurationError,
@@ -24,8 +30,13 @@ from freightscale.exceptions import (
     StoreError,
     StoreUnavailableError,
 )
+from freightscale.health import HealthApp
+from freightscale.responses import FastJSONResponse, json_dumps
+from freightscale.routing import IndexedRouter, use_indexed_router
 from freightscale.settings import FreightScaleSettings
-from freightscale.stores import MemoryStore, Store, store_from_url
+from freightscale.stack import Stack, build_stack
+from freightscale.stores import MemoryStore, PostgresStore, RedisStore, Store, store_from_url
+from freightscale.telemetry import RequestIdLogFilter, TelemetryMiddleware
 
 __version__ = "0.1.0"
 
@@ -36,23 +47,36 @@ __all__ = [
     "DatabaseSessionMiddleware",
     "DatabaseUnavailableError",
     "ErrorMiddleware",
+    "FastJSONResponse",
     "FreightScaleError",
     "FreightScaleSettings",
+    "HealthApp",
+    "IndexedRouter",
     "MemoryStore",
     "MissingDependencyError",
     "PermissionDenied",
+    "PostgresStore",
     "Principal",
     "ProblemResponse",
     "RateLimitExceeded",
+    "RedisStore",
+    "RequestDecompressionMiddleware",
+    "RequestIdLogFilter",
+    "Stack",
     "Store",
     "StoreError",
     "StoreUnavailableError",
+    "TelemetryMiddleware",
     "__version__",
+    "build_stack",
+    "exception_handlers",
     "get_principal",
     "get_request_id",
     "get_session",
     "get_tenant_id",
+    "json_dumps",
     "primary",
     "problem_response",
     "store_from_url",
+    "use_indexed_router",
 ]

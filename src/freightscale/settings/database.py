@@ -48,6 +48,9 @@ class DatabaseSettings(Section):
     fit six processes under the 100-connection target.
     """
 
+    enabled: bool = False
+    """Open the engines and give each request a database session in ``build_stack``."""
+
     url: SecretStr = SecretStr("")
     """Primary database URL (``postgresql+asyncpg://user@host/db``).
     Empty: the embedded SQLite database ``./freightscale.db``."""

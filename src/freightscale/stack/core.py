@@ -13,13 +13,14 @@ from freightscale.settings import FreightScaleSettings
 from freightscale.stack import layers
 from freightscale.stack.layers import Component, Resource
 from freightscale.stack.lifespan import InnerLifespan
-from freightscale.stores.base import Store
+from freightscale.stores.base import Store, join_namespace
 from freightscale.stores.memory import MemoryStore
 from freightscale.telemetry import TelemetryMiddleware
 from freightscale.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from freightscale.backends.redis import RedisClient
+    from freightscale.db import Database
 
 __all__ = ["Stack", "build_stack"]
 
@@ -52,6 +53,8 @@ class Stack:
         self.resources: dict[str, Any] = {}
         self._resource_specs = resources
         self._stores: dict[str, Store] = {}
+        self.database: Database | None = None
+        """The request-scoped database layer, when ``settings.database.enabled``."""
         self._started = False
         self._lock: asyncio.Lock | None = None
 
@@ -106,6 +109,15 @@ class Stack:
                 store = MemoryStore(namespace=namespace)
             self._stores[namespace] = store
         return store
+
+    def lazy_store(self, namespace: str) -> Store:
+        """Return a store for ``namespace`` usable before startup.
+
+        Components are built before the shared clients open; this view
+        resolves :meth:`store` on each call, so a component can hold it
+        from construction on.
+        """
+        return _LazyStore(self, namespace)
 
     async def startup(self) -> None:
         """Open the resources and register their readiness checks (idempotent)."""
@@ -248,3 +260,48 @@ def build_stack(
         health.register(name, check)
     components = tuple(c for c in layers.COMPONENTS if c.enabled(settings))
     return Stack(app, settings, health=health, components=components, resources=layers.RESOURCES)
+
+
+class _LazyStore:
+    """A :class:`Store` that resolves ``stack.store(namespace)`` at each call."""
+
+    def __init__(self, stack: Stack, namespace: str) -> None:
+        self._stack = stack
+        self.namespace = namespace
+
+    def __repr__(self) -> str:
+        return f"LazyStore(namespace={self.namespace!r})"
+
+    @property
+    def _store(self) -> Store:
+        return self._stack.store(self.namespace)
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._store.get(key)
+
+    async def set(self, key: str, value: bytes, *, expires_in: float | None = None) -> None:
+        await self._store.set(key, value, expires_in=expires_in)
+
+    async def delete(self, key: str) -> bool:
+        return await self._store.delete(key)
+
+    async def exists(self, key: str) -> bool:
+        return await self._store.exists(key)
+
+    async def expires_in(self, key: str) -> float | None:
+        return await self._store.expires_in(key)
+
+    async def incr(self, key: str, amount: int = 1, *, expires_in: float | None = None) -> int:
+        return await self._store.incr(key, amount, expires_in=expires_in)
+
+    async def delete_all(self) -> None:
+        await self._store.delete_all()
+
+    async def check(self) -> None:
+        await self._store.check()
+
+    async def aclose(self) -> None:
+        """The stack owns the shared client: nothing to close here."""
+
+    def with_namespace(self, namespace: str) -> Store:
+        return _LazyStore(self._stack, join_namespace(self.namespace, namespace))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from freightscale.errors import ErrorMiddleware, exception_handlers
 from freightscale.exceptions import FreightScaleError
-from freightscale.health import CheckFunction, redis_check
+from freightscale.health import CheckFunction, engine_check, redis_check
 from freightscale.settings import FreightScaleSettings
 from freightscale.types import ASGIApp
 
@@ -106,6 +106,30 @@ def _errors(app: ASGIApp, stack: Stack) -> ASGIApp:
     return ErrorMiddleware(app, debug=stack.settings.debug)
 
 
+def _database(app: ASGIApp, stack: Stack) -> ASGIApp:
+    from freightscale.db import Database, DatabaseSessionMiddleware
+
+    # Built now (no I/O: engines connect lazily); started by its Resource.
+    database = Database(stack.settings.database, store=stack.lazy_store("db"))
+    stack.database = database
+    return DatabaseSessionMiddleware(app, database=database)
+
+
+async def _open_database(stack: Stack) -> Any:
+    database = stack.database
+    assert database is not None, "the database component builds it"
+    database.start()
+    return database
+
+
+async def _close_database(database: Any) -> None:
+    await database.aclose()
+
+
+def _database_check(database: Any) -> CheckFunction:
+    return engine_check(database.engines.primary)
+
+
 def _decompression(app: ASGIApp, stack: Stack) -> ASGIApp:
     from freightscale.decompression import RequestDecompressionMiddleware
 
@@ -114,7 +138,13 @@ def _decompression(app: ASGIApp, stack: Stack) -> ASGIApp:
 
 RESOURCES: tuple[Resource, ...] = (
     Resource("redis", lambda s: s.redis.enabled, _open_redis, _close_redis, redis_check),
-    # database: the db layer adds its engines here (check: health.engine_check).
+    Resource(
+        "database",
+        lambda s: s.database.enabled,
+        _open_database,
+        _close_database,
+        _database_check,
+    ),
 )
 """Shared clients, opened in this order and closed in reverse."""
 
@@ -130,5 +160,8 @@ COMPONENTS: tuple[Component, ...] = (
     # 6. response cache              Component("cache", lambda s: s.cache.enabled, …)
     # 7. compression                 Component("compression", lambda s: s.compression.enabled, …)
     # 8. sessions                    Component("sessions", lambda s: s.sessions.enabled, …)
+    # 9. one database session per request, innermost: it reads the principal
+    #    (and session id) that the layers above set, for read-your-writes.
+    Component("database", lambda s: s.database.enabled, _database),
 )
 """Middleware layers, outermost first (after telemetry and health)."""
