@@ -122,4 +122,10 @@ def create_app(
     inner = PlanRateLimitMiddleware(inner, svc)
     inner = AuthMiddleware(inner, svc)
     # telemetry → health (/healthz, /readyz) → errors → the components as they land.
-    return build_stack(inner, settings)
+    stack = build_stack(inner, settings)
+    database = getattr(stack, "database", None)
+    if database is not None:
+        # FREIGHTSCALE_DATABASE__ENABLED: the stack owns the engines (and checks
+        # them in /readyz); use its pools rather than opening a second set.
+        svc.adopt_engines(database.engines)
+    return stack

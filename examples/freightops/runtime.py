@@ -19,7 +19,7 @@ from starlette.requests import HTTPConnection
 from examples.freightops.config import AppConfig
 from examples.freightops.naive import FileSessionStore
 from examples.freightops.standins import ResponseCache, SessionBackend, StoreSessions
-from freightscale.db import create_engines
+from freightscale.db import Engines, create_engines
 from freightscale.settings import FreightScaleSettings
 from freightscale.stores import MemoryStore, Store
 
@@ -55,6 +55,17 @@ class Services:
     def writer(self) -> Any:
         """A transaction on the primary (``async with services.writer() as conn``)."""
         return self.engine.begin()
+
+    def adopt_engines(self, engines: Engines) -> None:
+        """Use ``engines`` (e.g. the stack's database layer) instead of our own.
+
+        Called before any request, so the replaced engines never opened a connection.
+        """
+        self.engine = engines.primary
+        read = engines.replicas[0] if engines.replicas else engines.primary
+        if read.dialect.name == "postgresql":
+            read = read.execution_options(isolation_level="AUTOCOMMIT")
+        self.read_engine = read
 
     @classmethod
     def open(cls, settings: FreightScaleSettings, config: AppConfig) -> Services:

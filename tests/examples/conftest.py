@@ -156,6 +156,8 @@ def production_env(
         "FREIGHTSCALE_REDIS__URL": redis_url,
         "FREIGHTSCALE_REDIS__KEY_PREFIX": prefix,
         "FREIGHTSCALE_AUTH__SECRET": SECRET,
+        # The freightscale profile runs with the database layer in build_stack.
+        "FREIGHTSCALE_DATABASE__ENABLED": "true" if profile == "freightscale" else "false",
         "FREIGHTOPS_PROFILE": profile,
         "FREIGHTOPS_SESSION_DIR": str(session_dir),
     }

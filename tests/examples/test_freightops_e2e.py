@@ -315,3 +315,15 @@ async def test_embedded_default_starts_with_demo_data(
         assert dashboard.status_code == 200
         assert dashboard.json()["shipments"]
     assert list(tmp_path.glob("*.db"))
+
+
+async def test_readiness_checks_the_database_and_redis(fs_workers: tuple[Server, Server]) -> None:
+    async with httpx.AsyncClient(base_url=fs_workers[0].url, timeout=10) as client:
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200
+        checks = ready.json()["checks"]
+        assert any(name.startswith("database") for name in checks), checks
+        assert any(name.startswith("redis") for name in checks), checks
+        status = (await client.get("/api/v1/status")).json()
+        assert "database" in status["components"]
+        assert status["profile"] == "freightscale"
