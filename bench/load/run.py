@@ -192,6 +192,8 @@ def app_env(profile: str, database_url: str, redis_url: str, session_dir: Path) 
         "FREIGHTSCALE_DATABASE__POOL_SIZE": "20",
         "FREIGHTSCALE_DATABASE__MAX_OVERFLOW": "0",
         "FREIGHTSCALE_DATABASE__POOL_PRE_PING": "false",
+        # The freightscale profile composes the database layer through build_stack.
+        "FREIGHTSCALE_DATABASE__ENABLED": "true" if profile == "freightscale" else "false",
         "FREIGHTOPS_PROFILE": profile,
         "FREIGHTOPS_SESSION_DIR": str(session_dir),
         "FREIGHTOPS_PLAN_LIMITS": BENCH_PLAN_LIMITS,
