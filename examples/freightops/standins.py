@@ -224,8 +224,13 @@ class AuthMiddleware:
     """
 
     def __init__(self, app: ASGIApp, services: Services) -> None:
+        from cachetools import TTLCache
+
         self.app = app
         self.services = services
+        # Verified claims by token: signature checks are skipped for tokens seen
+        # in the last minute (expiry is still checked; revocation always is).
+        self._verified: TTLCache[str, Mapping[str, Any]] = TTLCache(maxsize=10_000, ttl=60)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -239,15 +244,23 @@ class AuthMiddleware:
         with bind_principal(principal, scope):
             await self.app(scope, receive, send)
 
+    def _verify(self, token: str) -> Mapping[str, Any]:
+        claims = self._verified.get(token)
+        if claims is not None and float(claims["exp"]) > time.time():
+            return claims
+        try:
+            claims = decode_token(self.services.secret, token)
+        except jwt.InvalidTokenError as exc:
+            raise Unauthenticated(f"invalid access token: {exc}") from None
+        self._verified[token] = claims
+        return claims
+
     async def authenticate(self, scope: Scope) -> Principal | None:
         """Return the principal for the request's credentials (None: anonymous)."""
         token, session_id = credentials(scope)
         store = self.services.store
         if token is not None:
-            try:
-                claims = decode_token(self.services.secret, token)
-            except jwt.InvalidTokenError as exc:
-                raise Unauthenticated(f"invalid access token: {exc}") from None
+            claims = self._verify(token)
             logged_out, not_before = await get_many(
                 store, [f"jti:{claims.get('jti', '')}", f"rev:{claims['sub']}"]
             )
