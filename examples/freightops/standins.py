@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import jwt
-import msgspec
+import orjson
 from starlette.datastructures import Headers
 from starlette.requests import cookie_parser
 
@@ -42,8 +42,7 @@ __all__ = [
 
 SESSION_COOKIE = "fo_session"
 
-_json_encode = msgspec.json.Encoder().encode
-_json_decode = msgspec.json.Decoder(dict[str, Any]).decode
+_json_encode = orjson.dumps
 
 
 class Unauthenticated(Exception):
@@ -88,9 +87,10 @@ class StoreSessions:
         if raw is None:
             return None
         try:
-            return _json_decode(raw)
-        except msgspec.DecodeError:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
             return None
+        return data if isinstance(data, dict) else None
 
     async def delete(self, session_id: str) -> None:
         if _valid_session_id(session_id):

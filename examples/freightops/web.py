@@ -12,7 +12,7 @@ import gzip
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-import msgspec
+from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
@@ -26,6 +26,7 @@ from freightscale.responses import FastJSONResponse
 
 __all__ = [
     "JSON",
+    "Body",
     "Problem",
     "body",
     "cached",
@@ -37,7 +38,7 @@ __all__ = [
     "tenant_id",
 ]
 
-T = TypeVar("T")
+B = TypeVar("B", bound="Body")
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -108,15 +109,23 @@ def requires(permission: str) -> Callable[[Endpoint], Endpoint]:
     return decorate
 
 
-async def body(request: Request, kind: type[T]) -> T:
-    """Decode and validate the JSON request body as ``kind`` (a msgspec Struct)."""
+class Body(BaseModel):
+    """Base of request bodies: unknown fields are rejected, values are validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+async def body(request: Request, kind: type[B]) -> B:
+    """Decode and validate the JSON request body as ``kind`` (400 / 422 problems)."""
     raw = await request.body()
     try:
-        return msgspec.json.decode(raw, type=kind)
-    except msgspec.ValidationError as exc:
-        raise Problem(422, f"invalid request body: {exc}") from None
-    except msgspec.DecodeError:
-        raise Problem(400, "the request body is not valid JSON") from None
+        return kind.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        if any(e["type"] == "json_invalid" for e in errors):
+            raise Problem(400, "the request body is not valid JSON") from None
+        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors)
+        raise Problem(422, f"invalid request body: {detail}") from None
 
 
 def int_param(request: Request, name: str, *, default: int | None = None) -> int | None:

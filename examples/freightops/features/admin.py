@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import anyio.to_thread
-import msgspec
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
@@ -15,6 +14,7 @@ from examples.freightops.runtime import services
 from examples.freightops.security import hash_password
 from examples.freightops.web import (
     JSON,
+    Body,
     Problem,
     body,
     int_param,
@@ -29,14 +29,14 @@ __all__ = ["routes"]
 _USER_COLUMNS = (User.id, User.email, User.full_name, Role.name.label("role"), User.is_active)
 
 
-class NewUser(msgspec.Struct, forbid_unknown_fields=True):
+class NewUser(Body):
     email: str
     full_name: str
     password: str
     role: str
 
 
-class UserChange(msgspec.Struct, forbid_unknown_fields=True):
+class UserChange(Body):
     role: str | None = None
     is_active: bool | None = None
     full_name: str | None = None

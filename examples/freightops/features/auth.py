@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import anyio.to_thread
-import msgspec
 from sqlalchemy import select, update
 from starlette.requests import Request
 from starlette.responses import Response
@@ -15,7 +14,7 @@ from examples.freightops.models import Role, Tenant, User
 from examples.freightops.runtime import services
 from examples.freightops.security import hash_password, issue_token, verify_password
 from examples.freightops.standins import SESSION_COOKIE
-from examples.freightops.web import JSON, Problem, body, principal
+from examples.freightops.web import JSON, Body, Problem, body, principal
 
 __all__ = ["routes"]
 
@@ -24,7 +23,7 @@ __all__ = ["routes"]
 _DUMMY_HASH = hash_password("not-a-password", iterations=120_000, salt=b"freightops-dummy")
 
 
-class Login(msgspec.Struct, forbid_unknown_fields=True):
+class Login(Body):
     email: str
     password: str
 

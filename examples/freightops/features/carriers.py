@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import msgspec
 from sqlalchemy import func, insert, select
 from starlette.requests import Request
 from starlette.responses import Response
@@ -12,6 +11,7 @@ from examples.freightops.models import Carrier, Driver, Shipment
 from examples.freightops.runtime import services
 from examples.freightops.web import (
     JSON,
+    Body,
     Problem,
     body,
     cached,
@@ -27,7 +27,7 @@ __all__ = ["routes"]
 _COLUMNS = (Carrier.id, Carrier.name, Carrier.mc_number, Carrier.rating)
 
 
-class NewCarrier(msgspec.Struct, forbid_unknown_fields=True):
+class NewCarrier(Body):
     name: str
     mc_number: str
     rating: float = 4.0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import msgspec
 from sqlalchemy import insert, select
 from starlette.requests import Request
 from starlette.responses import Response
@@ -12,6 +11,7 @@ from examples.freightops.models import Carrier, Driver
 from examples.freightops.runtime import services
 from examples.freightops.web import (
     JSON,
+    Body,
     Problem,
     body,
     cached,
@@ -27,7 +27,7 @@ __all__ = ["routes"]
 _COLUMNS = (Driver.id, Driver.carrier_id, Driver.user_id, Driver.name, Driver.license_no)
 
 
-class NewDriver(msgspec.Struct, forbid_unknown_fields=True):
+class NewDriver(Body):
     carrier_id: int
     name: str
     license_no: str

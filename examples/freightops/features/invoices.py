@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 
-import msgspec
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
@@ -16,6 +15,7 @@ from examples.freightops.models import Invoice, Shipment
 from examples.freightops.runtime import services
 from examples.freightops.web import (
     JSON,
+    Body,
     Problem,
     body,
     cached,
@@ -41,7 +41,7 @@ _COLUMNS = (
 INVOICE_STATUSES = ("open", "paid", "void")
 
 
-class NewInvoice(msgspec.Struct, forbid_unknown_fields=True):
+class NewInvoice(Body):
     shipment_id: int
     amount_cents: int
     due_days: int = 30

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import msgspec
 from sqlalchemy import insert, select
 from starlette.requests import Request
 from starlette.responses import Response
@@ -12,6 +11,7 @@ from examples.freightops.models import Carrier, Driver, Load, Shipment
 from examples.freightops.runtime import services
 from examples.freightops.web import (
     JSON,
+    Body,
     Problem,
     body,
     cached,
@@ -36,7 +36,7 @@ _COLUMNS = (
 LOAD_STATUSES = ("planned", "dispatched", "loaded", "unloaded", "closed")
 
 
-class NewLoad(msgspec.Struct, forbid_unknown_fields=True):
+class NewLoad(Body):
     shipment_id: int
     carrier_id: int | None = None
     driver_id: int | None = None

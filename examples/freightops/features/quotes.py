@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import msgspec
 from sqlalchemy import insert, select
 from starlette.requests import Request
 from starlette.responses import Response
@@ -12,6 +11,7 @@ from examples.freightops.models import Quote, Rate
 from examples.freightops.runtime import services
 from examples.freightops.web import (
     JSON,
+    Body,
     Problem,
     body,
     cached,
@@ -24,7 +24,7 @@ from examples.freightops.web import (
 __all__ = ["price_cents", "routes"]
 
 
-class QuoteRequest(msgspec.Struct, forbid_unknown_fields=True):
+class QuoteRequest(Body):
     customer: str
     origin: str
     destination: str

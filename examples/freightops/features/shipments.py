@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 
-import msgspec
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
@@ -23,6 +22,7 @@ from examples.freightops.models import (
 from examples.freightops.runtime import services
 from examples.freightops.web import (
     JSON,
+    Body,
     Problem,
     body,
     cached,
@@ -60,7 +60,7 @@ _NEXT = {
 }
 
 
-class NewShipment(msgspec.Struct, forbid_unknown_fields=True):
+class NewShipment(Body):
     customer: str
     origin: str
     destination: str
@@ -70,7 +70,7 @@ class NewShipment(msgspec.Struct, forbid_unknown_fields=True):
     pickup_at: dt.datetime | None = None
 
 
-class StatusChange(msgspec.Struct, forbid_unknown_fields=True):
+class StatusChange(Body):
     status: str
     location: str = ""
     note: str = ""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-import msgspec
 from sqlalchemy import insert, select
 from starlette.requests import Request
 from starlette.responses import Response
@@ -12,7 +11,16 @@ from starlette.routing import Route
 
 from examples.freightops.models import Shipment, TrackingEvent
 from examples.freightops.runtime import services
-from examples.freightops.web import JSON, Problem, body, cached, int_param, invalidate, requires
+from examples.freightops.web import (
+    JSON,
+    Body,
+    Problem,
+    body,
+    cached,
+    int_param,
+    invalidate,
+    requires,
+)
 from examples.freightops.web import tenant_id as current_tenant
 
 __all__ = ["routes"]
@@ -26,7 +34,7 @@ _EVENT_COLUMNS = (
 )
 
 
-class NewEvent(msgspec.Struct, forbid_unknown_fields=True):
+class NewEvent(Body):
     kind: str
     location: str = ""
     note: str = ""
