@@ -57,6 +57,7 @@ BENCH_PLAN_LIMITS = (
     '{"free": "5000/second", "standard": "5000/second", "enterprise": "5000/second"}'
 )
 
+MIN_REQUESTS = 10  # fewer completed requests than this: no latency figures
 NOTES_MARKER = "<!-- notes: kept when bench/load/run.py rewrites this page -->"
 
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
@@ -605,11 +606,11 @@ def render_report(steps: list[Step], args: argparse.Namespace, command: str, cha
     for s in steps:
         non2xx = ", ".join(f"{k}: {v}" for k, v in s.non_2xx.items()) or "0"
         sock = ", ".join(f"{k}: {v}" for k, v in s.socket_errors.items()) or "0"
-        if s.requests:
+        if s.requests >= MIN_REQUESTS:
             latency = f"{s.p50_ms:.1f} | {s.p95_ms:.1f} | {s.p99_ms:.1f}"
             per_request = f"{s.cpu_ms_per_request:.1f}"
         else:
-            latency = "no response | no response | no response"
+            latency = f"{s.requests} responses | - | -"
             per_request = "-"
         lines.append(
             f"| {s.profile} | {s.server} | {s.users} | {s.rps:.0f} | {latency} | {non2xx} | "
@@ -622,7 +623,7 @@ def render_report(steps: list[Step], args: argparse.Namespace, command: str, cha
         pair = {s.profile: s for s in steps if s.users == users and s.server == args.server}
         if {"naive", "freightscale"} <= pair.keys():
             fs, nv = pair["freightscale"], pair["naive"]
-            if not (fs.requests and nv.requests):
+            if min(fs.requests, nv.requests) < MIN_REQUESTS:
                 lines.append(
                     f"| {users} | n/a (no responses) | n/a | "
                     f"{fs.peak_db_connections} vs {nv.peak_db_connections} |"
@@ -646,7 +647,7 @@ def target_lines(steps: list[Step], server: str) -> list[str]:
         out.append("- The freightscale profile was not measured at 1000 users in this run.")
     else:
         unintended = {k: v for k, v in at_1000.non_2xx.items() if k != "429"}
-        served = at_1000.requests > 0
+        served = at_1000.requests >= MIN_REQUESTS
         checks = [
             ("p95 < 200 ms", served and at_1000.p95_ms < 200,
              f"{at_1000.p95_ms:.1f} ms" if served else "no response completed"),
@@ -661,7 +662,9 @@ def target_lines(steps: list[Step], server: str) -> list[str]:
         out.append("")
         for name, ok, value in checks:
             out.append(f"- {name}: **{'met' if ok else 'NOT met'}** ({value})")
-    holding = [s.users for s in fs if s.requests and s.p95_ms < 200 and not s.socket_errors]
+    holding = [
+        s.users for s in fs if s.requests >= MIN_REQUESTS and s.p95_ms < 200 and not s.socket_errors
+    ]
     out.append("")
     out.append(
         f"- highest user count measured with p95 < 200 ms: **{max(holding)}**"
