@@ -10,6 +10,8 @@ import freightscale
 
 MODULES = [
     "freightscale",
+    "freightscale.caching",
+    "freightscale.compression",
     "freightscale.context",
     "freightscale.db",
     "freightscale.decompression",
@@ -18,6 +20,7 @@ MODULES = [
     "freightscale.health",
     "freightscale.responses",
     "freightscale.routing",
+    "freightscale.sessions",
     "freightscale.settings",
     "freightscale.stack",
     "freightscale.stores",
@@ -51,3 +54,26 @@ def test_all_is_sorted_unique_and_resolves(name: str) -> None:
 
 def test_version_is_exported() -> None:
     assert isinstance(freightscale.__version__, str)
+
+
+def test_import_is_lazy() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, freightscale; "
+        "heavy = [m for m in ('sqlalchemy', 'freightscale.db', 'freightscale.caching', "
+        "'freightscale.sessions', 'redis') if m in sys.modules]; "
+        "print(','.join(heavy)); "
+        "freightscale.Database; "
+        "print('sqlalchemy' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split("\n")
+    assert out[0] == ""  # nothing heavy is imported by `import freightscale`
+    assert out[1] == "True"  # ...until a name that needs it is used
+
+
+def test_dir_lists_lazy_exports() -> None:
+    assert set(freightscale.__all__) <= set(dir(freightscale))

@@ -1,47 +1,143 @@
 """freightscale: drop-in ASGI components that make a multi-tenant backend scale.
 
-The public surface is re-exported here; everything else is private.
+The public surface is re-exported here; everything else is private. Names
+are imported on first use (PEP 562), so ``import freightscale`` stays cheap
+and loads only the components an application actually touches.
 """
 
 from __future__ import annotations
 
-from freightscale.context import Principal, get_principal, get_request_id, get_tenant_id
-from freightscale.db import (
-    Database,
-    DatabaseSessionMiddleware,
-    DatabaseUnavailableError,
-    get_session,
-    primary,
-)
-from freightscale.decompression import RequestDecompressionMiddleware
-from freightscale.errors import (
-    ErrorMiddleware,
-    ProblemResponse,
-    exception_handlers,
-    problem_response,
-)
-from freightscale.exceptions import (
-    AuthenticationError,
-    ConfigurationError,
-    FreightScaleError,
-    MissingDependencyError,
-    PermissionDenied,
-    RateLimitExceeded,
-    StoreError,
-    StoreUnavailableError,
-)
-from freightscale.health import HealthApp
-from freightscale.responses import FastJSONResponse, json_dumps
-from freightscale.routing import IndexedRouter, use_indexed_router
-from freightscale.settings import FreightScaleSettings
-from freightscale.stack import Stack, build_stack
-from freightscale.stores import MemoryStore, PostgresStore, RedisStore, Store, store_from_url
-from freightscale.telemetry import RequestIdLogFilter, TelemetryMiddleware
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from freightscale.caching import (
+        QueryCache,
+        ResponseCacheMiddleware,
+        add_cache_tags,
+    )
+    from freightscale.compression import (
+        CompressionMiddleware,
+    )
+    from freightscale.context import (
+        Principal,
+        get_principal,
+        get_request_id,
+        get_tenant_id,
+    )
+    from freightscale.db import (
+        Database,
+        DatabaseSessionMiddleware,
+        DatabaseUnavailableError,
+        get_session,
+        primary,
+    )
+    from freightscale.decompression import (
+        RequestDecompressionMiddleware,
+    )
+    from freightscale.errors import (
+        ErrorMiddleware,
+        ProblemResponse,
+        exception_handlers,
+        problem_response,
+    )
+    from freightscale.exceptions import (
+        AuthenticationError,
+        ConfigurationError,
+        FreightScaleError,
+        MissingDependencyError,
+        PermissionDenied,
+        RateLimitExceeded,
+        StoreError,
+        StoreUnavailableError,
+    )
+    from freightscale.health import (
+        HealthApp,
+    )
+    from freightscale.responses import (
+        FastJSONResponse,
+        json_dumps,
+    )
+    from freightscale.routing import (
+        IndexedRouter,
+        use_indexed_router,
+    )
+    from freightscale.sessions import (
+        Session,
+        SessionMiddleware,
+        load_session,
+    )
+    from freightscale.settings import (
+        FreightScaleSettings,
+    )
+    from freightscale.stack import (
+        Stack,
+        build_stack,
+    )
+    from freightscale.stores import (
+        MemoryStore,
+        PostgresStore,
+        RedisStore,
+        Store,
+        store_from_url,
+    )
+    from freightscale.telemetry import (
+        RequestIdLogFilter,
+        TelemetryMiddleware,
+    )
 
 __version__ = "0.1.0"
 
+_EXPORTS: dict[str, str] = {
+    "AuthenticationError": "freightscale.exceptions",
+    "CompressionMiddleware": "freightscale.compression",
+    "ConfigurationError": "freightscale.exceptions",
+    "Database": "freightscale.db",
+    "DatabaseSessionMiddleware": "freightscale.db",
+    "DatabaseUnavailableError": "freightscale.db",
+    "ErrorMiddleware": "freightscale.errors",
+    "FastJSONResponse": "freightscale.responses",
+    "FreightScaleError": "freightscale.exceptions",
+    "FreightScaleSettings": "freightscale.settings",
+    "HealthApp": "freightscale.health",
+    "IndexedRouter": "freightscale.routing",
+    "MemoryStore": "freightscale.stores",
+    "MissingDependencyError": "freightscale.exceptions",
+    "PermissionDenied": "freightscale.exceptions",
+    "PostgresStore": "freightscale.stores",
+    "Principal": "freightscale.context",
+    "ProblemResponse": "freightscale.errors",
+    "QueryCache": "freightscale.caching",
+    "RateLimitExceeded": "freightscale.exceptions",
+    "RedisStore": "freightscale.stores",
+    "RequestDecompressionMiddleware": "freightscale.decompression",
+    "RequestIdLogFilter": "freightscale.telemetry",
+    "ResponseCacheMiddleware": "freightscale.caching",
+    "Session": "freightscale.sessions",
+    "SessionMiddleware": "freightscale.sessions",
+    "Stack": "freightscale.stack",
+    "Store": "freightscale.stores",
+    "StoreError": "freightscale.exceptions",
+    "StoreUnavailableError": "freightscale.exceptions",
+    "TelemetryMiddleware": "freightscale.telemetry",
+    "add_cache_tags": "freightscale.caching",
+    "build_stack": "freightscale.stack",
+    "exception_handlers": "freightscale.errors",
+    "get_principal": "freightscale.context",
+    "get_request_id": "freightscale.context",
+    "get_session": "freightscale.db",
+    "get_tenant_id": "freightscale.context",
+    "json_dumps": "freightscale.responses",
+    "load_session": "freightscale.sessions",
+    "primary": "freightscale.db",
+    "problem_response": "freightscale.errors",
+    "store_from_url": "freightscale.stores",
+    "use_indexed_router": "freightscale.routing",
+}
+
 __all__ = [
     "AuthenticationError",
+    "CompressionMiddleware",
     "ConfigurationError",
     "Database",
     "DatabaseSessionMiddleware",
@@ -58,16 +154,21 @@ __all__ = [
     "PostgresStore",
     "Principal",
     "ProblemResponse",
+    "QueryCache",
     "RateLimitExceeded",
     "RedisStore",
     "RequestDecompressionMiddleware",
     "RequestIdLogFilter",
+    "ResponseCacheMiddleware",
+    "Session",
+    "SessionMiddleware",
     "Stack",
     "Store",
     "StoreError",
     "StoreUnavailableError",
     "TelemetryMiddleware",
     "__version__",
+    "add_cache_tags",
     "build_stack",
     "exception_handlers",
     "get_principal",
@@ -75,8 +176,22 @@ __all__ = [
     "get_session",
     "get_tenant_id",
     "json_dumps",
+    "load_session",
     "primary",
     "problem_response",
     "store_from_url",
     "use_indexed_router",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'freightscale' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

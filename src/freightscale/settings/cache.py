@@ -1,12 +1,66 @@
-"""Settings of the HTTP response cache."""
+"""Settings of the HTTP response cache and the query-result cache."""
 
 from __future__ import annotations
 
-from pydantic import Field
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator
 
 from freightscale.settings._base import Section
 
-__all__ = ["CacheSettings"]
+__all__ = ["CacheRule", "CacheSettings"]
+
+_PATH = re.compile(r"^/[^\s]*$")
+
+
+class CacheRule(Section):
+    """Which responses to cache, for how long and for whom.
+
+    ``path`` is a pattern like Starlette's: ``/shipments/{id}`` matches one
+    segment, ``{rest:path}`` any remainder. Parameters may be used in ``tags``
+    (``shipment:{id}``), as may ``{tenant}`` and ``{user}``.
+    """
+
+    path: str = Field(min_length=1, max_length=512)
+    """Path pattern, starting with ``/``."""
+
+    ttl: float | None = Field(default=None, gt=0, le=86_400)
+    """Seconds a response stays fresh (None: ``default_ttl``)."""
+
+    scope: Literal["public", "tenant", "user"] = "public"
+    """Who shares an entry: everyone (only requests *without* credentials are
+    served), everyone of one tenant, or one user (principal)."""
+
+    stale_while_revalidate: float = Field(default=0.0, ge=0, le=86_400)
+    """Seconds after expiry during which the stale copy is served while one
+    request refreshes it in the background."""
+
+    stale_if_error: float = Field(default=0.0, ge=0, le=86_400)
+    """Seconds after expiry during which the stale copy is served if the handler
+    fails (raises or answers 5xx)."""
+
+    tags: tuple[str, ...] = Field(default=(), max_length=32)
+    """Tags given to every entry of this rule, for :meth:`invalidate`."""
+
+    invalidate_on_write: bool = False
+    """After a 2xx POST/PUT/PATCH/DELETE on this path, invalidate the rule's tags."""
+
+    vary: tuple[str, ...] = Field(default=(), max_length=16)
+    """Request headers (besides ``Accept-Encoding``) that are part of the key. A
+    response whose ``Vary`` names any other header is not stored."""
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        if not _PATH.match(value):
+            raise ValueError(f"path pattern {value!r} must start with '/' and contain no spaces")
+        return value
+
+    @field_validator("vary")
+    @classmethod
+    def _lower(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(v.strip().lower() for v in value)
 
 
 class CacheSettings(Section):
@@ -15,8 +69,105 @@ class CacheSettings(Section):
     enabled: bool = False
     """Install the response-cache middleware in ``build_stack``."""
 
+    rules: tuple[CacheRule, ...] = Field(default=(), max_length=500)
+    """Cache rules, first match wins. Paths no rule names are never cached."""
+
     default_ttl: float = Field(default=30.0, gt=0, le=86_400)
     """Seconds a cached response stays fresh unless its rule says otherwise."""
 
     max_body_bytes: int = Field(default=1_048_576, ge=1, le=64 * 1_048_576)
-    """Responses larger than this are not cached."""
+    """Responses larger than this are not cached (streamed through unbuffered)."""
+
+    namespace: str = Field(default="cache", min_length=1, max_length=64, pattern=r"^[\w.-]+$")
+    """Store namespace of cache entries, tag index and locks."""
+
+    memory_max_bytes: int = Field(default=64 * 1_048_576, ge=1024, le=16 * 1024**3)
+    """Bound of the in-process store used when no Redis is configured."""
+
+    l1_enabled: bool = True
+    """With Redis: keep hot entries in a small in-process L1 in front of it,
+    kept coherent across instances by Redis pub/sub invalidation messages."""
+
+    l1_max_bytes: int = Field(default=16 * 1_048_576, ge=1024, le=4 * 1024**3)
+    """Bound of the in-process L1 (bytes of entries)."""
+
+    l1_ttl: float = Field(default=5.0, gt=0, le=3600)
+    """Longest time an entry stays in L1; bounds staleness if a pub/sub message is lost."""
+
+    cacheable_statuses: tuple[int, ...] = Field(
+        default=(200, 203, 204, 300, 301, 308, 404, 410), min_length=1
+    )
+    """Statuses that may be stored."""
+
+    honor_request_no_cache: bool = False
+    """Let a request's ``Cache-Control: no-cache`` force a refresh and ``no-store``
+    bypass the cache. Off by default: any client could otherwise defeat the
+    cache (and stampede the origin) at will."""
+
+    credential_cookies: tuple[str, ...] = Field(
+        default=("fs_session", "session", "sessionid"), max_length=32
+    )
+    """Cookie names that make a request credentialed (like ``Authorization``):
+    such requests are only served from ``tenant`` or ``user`` scoped rules."""
+
+    unkeyed_headers: tuple[str, ...] = Field(
+        default=(
+            "x-forwarded-host",
+            "x-forwarded-server",
+            "x-original-url",
+            "x-rewrite-url",
+            "x-original-host",
+            "x-host",
+            "x-http-method-override",
+            "x-http-method",
+            "x-method-override",
+            "forwarded",
+        ),
+        max_length=64,
+    )
+    """Request headers removed before a cacheable request reaches the app, so
+    they can never change a cached body (cache-poisoning defence)."""
+
+    encodings: tuple[Literal["br", "zstd", "gzip"], ...] = ("br", "zstd", "gzip")
+    """Codings the compression layer inside the cache offers, in its preference
+    order: keep equal to ``compression.encodings``. The key holds the one coding
+    a request will get (br / zstd / gzip / identity), so equivalent
+    ``Accept-Encoding`` values share one stored variant."""
+
+    tag_header: str = Field(default="cache-tag", min_length=1, max_length=64)
+    """Response header a handler may set to tag its response (comma-separated);
+    removed before the response is sent."""
+
+    lock_ttl: float = Field(default=5.0, gt=0, le=300)
+    """Lifetime of the cross-instance fill lock (``SET NX PX``): longest a
+    crashed filler can hold up others."""
+
+    lock_wait: float = Field(default=2.0, ge=0, le=60)
+    """How long a request waits for another instance's fill before running the
+    handler itself (when there is no stale copy to serve)."""
+
+    store_timeout: float = Field(default=2.0, gt=0, le=30)
+    """Seconds one cache store operation may take before the cache is bypassed.
+    Measured from the event loop, so it includes time the loop is busy: too
+    small a value trips under CPU load (0.5 s did at 200 concurrent requests)."""
+
+    retry_after_failure: float = Field(default=1.0, gt=0, le=300)
+    """After a store failure, seconds the cache is bypassed before it is tried again."""
+
+    refresh_timeout: float = Field(default=30.0, gt=0, le=600)
+    """Longest a background (stale-while-revalidate) refresh may run."""
+
+    max_refreshes: int = Field(default=64, ge=1, le=10_000)
+    """Most background refreshes running at once in one process."""
+
+    tag_index_ttl: float = Field(default=86_400.0, gt=0, le=30 * 86_400)
+    """Lifetime of a tag's key list; must exceed every entry's lifetime."""
+
+    max_tags: int = Field(default=32, ge=0, le=256)
+    """Most tags one entry keeps (extra tags are dropped and logged)."""
+
+    query_default_ttl: float = Field(default=30.0, gt=0, le=86_400)
+    """Default TTL of the query-result cache."""
+
+    query_max_rows: int = Field(default=10_000, ge=1, le=1_000_000)
+    """Query results with more rows are returned but not cached."""

@@ -11,6 +11,7 @@ from freightscale.context import scope_state
 from freightscale.health import CheckFunction, HealthApp
 from freightscale.settings import FreightScaleSettings
 from freightscale.stack import layers
+from freightscale.stack.drain import Drain
 from freightscale.stack.layers import Component, Resource
 from freightscale.stack.lifespan import InnerLifespan
 from freightscale.stores.base import Store, join_namespace
@@ -36,6 +37,7 @@ class Stack:
         health: the health app (register more checks on it).
         resources: opened resources by name (``"redis"``); empty before startup.
         components: names of the installed layers, outermost first.
+        drain: in-flight count and the graceful drain on shutdown.
     """
 
     def __init__(
@@ -57,10 +59,14 @@ class Stack:
         """The request-scoped database layer, when ``settings.database.enabled``."""
         self._started = False
         self._lock: asyncio.Lock | None = None
+        self.drain = Drain(settings.health, health)
 
+        self.layers: dict[str, Any] = {}
+        """The middleware object of each installed component, by name."""
         inner = app
         for component in reversed(components):
             inner = component.wrap(inner, self)
+            self.layers[component.name] = inner
         self.components = tuple(c.name for c in components)
         if settings.health.enabled:
             inner = _HealthRouter(inner, health)
@@ -157,6 +163,14 @@ class Stack:
             ]
             for spec, _ in opened:
                 self.health.unregister(spec.name)
+            # Layers first (they use the resources), innermost first.
+            for name in reversed(self.components):
+                closer = getattr(self.layers.get(name), "aclose", None)
+                if closer is not None:
+                    try:
+                        await closer()
+                    except Exception:
+                        logger.exception("closing the %s layer failed", name)
             self._stores.clear()
             self.resources.clear()
             self._started = False
@@ -169,7 +183,10 @@ class Stack:
         if not self._started:
             await self.startup()  # the server sent no lifespan events
         scope_state(scope)["stack"] = self
-        await self._chain(scope, receive, send)
+        if scope["type"] == "http":
+            await self.drain.serve(self._chain, scope, receive, send)
+        else:
+            await self._chain(scope, receive, send)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = scope.get("state")
@@ -191,10 +208,12 @@ class Stack:
             await self.aclose()
             await send({"type": "lifespan.startup.failed", "message": failure})
             return
+        self.drain.start()  # hooks SIGTERM / SIGINT
         await send({"type": "lifespan.startup.complete"})
 
         message = await receive()
         assert message["type"] == "lifespan.shutdown"
+        await self.drain.shutdown()  # readiness 503, drain_delay, in-flight requests
         failure = await inner.send_and_wait("lifespan.shutdown")
         try:
             await self.aclose()

@@ -130,6 +130,37 @@ def _database_check(database: Any) -> CheckFunction:
     return engine_check(database.engines.primary)
 
 
+def _sessions(app: ASGIApp, stack: Stack) -> ASGIApp:
+    from freightscale.sessions import SessionMiddleware
+    from freightscale.sessions.redis import RedisSessionBackend
+
+    s = stack.settings
+    backend = None
+    if not s.sessions.store_url.get_secret_value() and s.redis.enabled:
+        # The shared client opens at startup: hand over a getter, resolved on first use.
+        backend = RedisSessionBackend(lambda: _require_redis(stack), key_prefix=s.redis.key_prefix)
+    return SessionMiddleware(app, s.sessions, backend=backend, redis_settings=s.redis)
+
+
+def _require_redis(stack: Stack) -> RedisClient:
+    client = stack.redis
+    if client is None:
+        raise RuntimeError("the shared Redis client is not open yet (it opens at startup)")
+    return client
+
+
+def _cache(app: ASGIApp, stack: Stack) -> ASGIApp:
+    from freightscale.caching import ResponseCacheMiddleware
+
+    return ResponseCacheMiddleware(app, stack.settings.cache, store=lambda: stack.store("http"))
+
+
+def _compression(app: ASGIApp, stack: Stack) -> ASGIApp:
+    from freightscale.compression import CompressionMiddleware
+
+    return CompressionMiddleware(app, stack.settings.compression)
+
+
 def _decompression(app: ASGIApp, stack: Stack) -> ASGIApp:
     from freightscale.decompression import RequestDecompressionMiddleware
 
@@ -157,9 +188,12 @@ COMPONENTS: tuple[Component, ...] = (
     # Request bodies are inflated lazily (only as the app reads them) and only
     # for requests that got past the limits and authentication above.
     Component("decompression", lambda s: s.decompression.enabled, _decompression),
-    # 6. response cache              Component("cache", lambda s: s.cache.enabled, …)
-    # 7. compression                 Component("compression", lambda s: s.compression.enabled, …)
-    # 8. sessions                    Component("sessions", lambda s: s.sessions.enabled, …)
+    # 6. the response cache sits outside compression and stores the
+    #    compressed variants it sees, so a hit costs no compression work.
+    Component("cache", lambda s: s.cache.enabled, _cache),
+    Component("compression", lambda s: s.compression.enabled, _compression),
+    # 8. sessions load lazily: a request that never touches one costs nothing.
+    Component("sessions", lambda s: s.sessions.enabled, _sessions),
     # 9. one database session per request, innermost: it reads the principal
     #    (and session id) that the layers above set, for read-your-writes.
     Component("database", lambda s: s.database.enabled, _database),
