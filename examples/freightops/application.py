@@ -20,7 +20,6 @@ from contextlib import asynccontextmanager
 
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.applications import Starlette
-from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -31,11 +30,14 @@ from examples.freightops.features import all_routes
 from examples.freightops.naive import NaiveAuthMiddleware
 from examples.freightops.runtime import Services, services
 from examples.freightops.seed import prepare_database
-from examples.freightops.standins import AuthMiddleware, PlanRateLimitMiddleware
+from examples.freightops.standins import ROLE_HEADER, AuthMiddleware, PlanRateLimitMiddleware
 from examples.freightops.web import JSON, Problem, pool_timeout_handler, problem_handler
+from freightscale.caching import ResponseCacheMiddleware
+from freightscale.compression import CompressionMiddleware
 from freightscale.errors import ErrorMiddleware
 from freightscale.routing import use_indexed_router
 from freightscale.settings import FreightScaleSettings
+from freightscale.settings.cache import CacheRule, CacheSettings
 from freightscale.stack import build_stack
 from freightscale.types import ASGIApp
 
@@ -75,6 +77,35 @@ async def status(request: Request) -> Response:
             "request_id": freightscale.get_request_id(),
         }
     )
+
+
+def cache_settings(settings: FreightScaleSettings, config: AppConfig) -> CacheSettings:
+    """The response cache's rules for FreightOps' read routes.
+
+    Every rule is tenant-scoped and varies on the verified role header, so a
+    cached body is only ever served to the same tenant *and* role (whose
+    permission check it passed). Handlers tag their responses (``@cached``)
+    and writes invalidate those tags; the dashboard is TTL-only.
+    """
+    role = ROLE_HEADER.decode()
+
+    def rule(path: str, ttl: float = config.list_cache_ttl) -> CacheRule:
+        return CacheRule(path=path, scope="tenant", ttl=ttl, vary=(role,))
+
+    rules = (
+        rule("/api/shipments"),
+        rule("/api/shipments/{id}"),
+        rule("/api/shipments/{id}/events"),
+        rule("/api/loads"),
+        rule("/api/carriers"),
+        rule("/api/drivers"),
+        rule("/api/quotes"),
+        rule("/api/rates"),
+        rule("/api/invoices"),
+        rule("/api/users"),
+        rule("/api/dashboard", ttl=config.dashboard_cache_ttl),
+    )
+    return settings.cache.model_copy(update={"enabled": True, "rules": rules})
 
 
 def create_app(
@@ -117,12 +148,24 @@ def create_app(
 
     # Route dispatch that does not try every route's regex in turn.
     use_indexed_router(app)
-    # TODO(compression component): freightscale.compression (brotli + gzip, cache-aware).
-    inner: ASGIApp = GZipMiddleware(app, minimum_size=settings.compression.minimum_size)
+    # The documented order inside the stack: auth → limits → cache → compression → app.
+    # Until auth is a build_stack layer, the example places the cache and the
+    # compression itself, inside its authentication (the cache must see the tenant).
+    inner: ASGIApp = CompressionMiddleware(app, settings.compression)
+    cache = ResponseCacheMiddleware(inner, cache_settings(settings, config), store=svc.root_store)
+    svc.response_cache = cache.cache
+    inner = cache
     inner = PlanRateLimitMiddleware(inner, svc)
     inner = AuthMiddleware(inner, svc)
-    # telemetry → health (/healthz, /readyz) → errors → the components as they land.
-    stack = build_stack(inner, settings)
+    # telemetry → health (/healthz, /readyz) → errors → database → the example's layers.
+    off = {"enabled": False}
+    stack_settings = settings.model_copy(
+        update={
+            "cache": settings.cache.model_copy(update=off),
+            "compression": settings.compression.model_copy(update=off),
+        }
+    )
+    stack = build_stack(inner, stack_settings)
     database = getattr(stack, "database", None)
     if database is not None:
         # FREIGHTSCALE_DATABASE__ENABLED: the stack owns the engines (and checks

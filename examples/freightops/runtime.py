@@ -18,7 +18,8 @@ from starlette.requests import HTTPConnection
 
 from examples.freightops.config import AppConfig
 from examples.freightops.naive import FileSessionStore
-from examples.freightops.standins import ResponseCache, SessionBackend, StoreSessions
+from examples.freightops.standins import SessionBackend, StoreSessions
+from freightscale.caching import CacheBackend
 from freightscale.db import Engines, create_engines
 from freightscale.settings import FreightScaleSettings
 from freightscale.stores import MemoryStore, Store
@@ -40,7 +41,8 @@ class Services:
     store: Store
     root_store: Store
     sessions: SessionBackend
-    cache: ResponseCache | None
+    response_cache: CacheBackend | None = None
+    """freightscale's response cache, for invalidation from write handlers."""
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -101,10 +103,7 @@ class Services:
             sessions = FileSessionStore(config.session_dir)
         else:
             sessions = StoreSessions(store.with_namespace("sessions"))
-        cache = None if config.naive else ResponseCache(store.with_namespace("cache"))
-        return cls(
-            config, settings, secret, engine, read_engine, store, root_store, sessions, cache
-        )
+        return cls(config, settings, secret, engine, read_engine, store, root_store, sessions)
 
     async def aclose(self) -> None:
         """Dispose of the engines and close the store."""

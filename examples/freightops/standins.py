@@ -8,11 +8,9 @@ workers (Redis) and fall back to memory in the embedded default.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import jwt
@@ -30,10 +28,9 @@ if TYPE_CHECKING:
     from examples.freightops.runtime import Services
 
 __all__ = [
+    "ROLE_HEADER",
     "SESSION_COOKIE",
     "AuthMiddleware",
-    "CachedBody",
-    "ResponseCache",
     "SessionBackend",
     "StoreSessions",
     "Unauthenticated",
@@ -41,6 +38,9 @@ __all__ = [
 ]
 
 SESSION_COOKIE = "fo_session"
+ROLE_HEADER = b"x-freightops-role"
+"""Request header the auth middleware sets to the verified principal's roles
+(any client-sent value is dropped), so the response cache can key by role."""
 
 _json_encode = orjson.dumps
 
@@ -122,57 +122,6 @@ async def get_many(store: Store, keys: Sequence[str]) -> list[bytes | None]:
     return [await store.get(k) for k in keys]
 
 
-@dataclass(frozen=True, slots=True)
-class CachedBody:
-    """A cached response body, stored gzip-compressed when it is worth it."""
-
-    body: bytes
-    gzipped: bool
-
-
-class ResponseCache:
-    """A tenant-scoped cache of encoded response bodies with tag invalidation.
-
-    Each tag has a per-tenant *version*; an entry records the versions it
-    was built under, and a write bumps them (``incr``), so every dependent
-    entry is stale at once, on every worker, without scanning keys. A lookup
-    is one ``MGET`` of the entry and its tags' versions. Bodies are stored
-    gzip-compressed, so a hit costs neither JSON encoding nor compression.
-
-    TODO(caching component): replace with ``freightscale.caching``'s response
-    cache middleware once it lands on main.
-    """
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    async def lookup(
-        self, tenant: str, request_key: str, tags: Sequence[str]
-    ) -> tuple[str, bytes, CachedBody | None]:
-        """Return the entry key, the tags' current versions and the entry if fresh."""
-        digest = hashlib.blake2b(request_key.encode(), digest_size=16).hexdigest()
-        key = f"e:{tenant}:{digest}"
-        entry, *versions = await get_many(self.store, [key, *(f"v:{tenant}:{tag}" for tag in tags)])
-        stamp = b",".join(v or b"0" for v in versions)
-        if entry is not None:
-            head, _, body = entry.partition(b"\n")
-            built_under, _, flag = head.rpartition(b"|")
-            if built_under == stamp and flag in (b"g", b"i"):
-                return key, stamp, CachedBody(body, flag == b"g")
-        return key, stamp, None
-
-    async def save(self, key: str, stamp: bytes, entry: CachedBody, *, ttl: float) -> None:
-        """Cache ``entry`` under ``key``, built under the tag versions ``stamp``."""
-        head = stamp + (b"|g" if entry.gzipped else b"|i")
-        await self.store.set(key, head + b"\n" + entry.body, expires_in=ttl)
-
-    async def invalidate(self, tenant: str, tags: Sequence[str]) -> None:
-        """Make every entry of ``tenant`` tagged with any of ``tags`` stale."""
-        for tag in tags:
-            # Versions outlive any entry (entries' TTLs are far shorter).
-            await self.store.incr(f"v:{tenant}:{tag}", expires_in=86_400)
-
-
 def make_principal(
     user_id: str, tenant_id: str, role: str, claims: Mapping[str, Any], *, permissions: Any = None
 ) -> Principal:
@@ -241,6 +190,10 @@ class AuthMiddleware:
         except Unauthenticated as exc:
             await _unauthorized(scope, receive, send, str(exc))
             return
+        headers = [(k, v) for k, v in scope["headers"] if k != ROLE_HEADER]
+        if principal is not None:
+            headers.append((ROLE_HEADER, ",".join(sorted(principal.roles)).encode()))
+        scope["headers"] = headers
         with bind_principal(principal, scope):
             await self.app(scope, receive, send)
 

@@ -8,7 +8,6 @@ it cached) happens here or in middleware.
 from __future__ import annotations
 
 import functools
-import gzip
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -19,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from examples.freightops.runtime import services
-from examples.freightops.standins import CachedBody
+from freightscale.caching import add_cache_tags, get_response_cache
 from freightscale.context import Principal, get_principal
 from freightscale.errors import problem_response
 from freightscale.responses import FastJSONResponse
@@ -172,59 +171,38 @@ async def keyset_page(
 TagSource = Sequence[str] | Callable[[Request], Sequence[str]]
 
 
-def cached(tags: TagSource, *, dashboard: bool = False) -> Callable[[Endpoint], Endpoint]:
-    """Serve a GET endpoint's 200 responses from the tenant's response cache.
+def _tenant_tags(tenant: object, tags: Sequence[str]) -> list[str]:
+    # Tags are per tenant: one tenant's write never evicts another's entries.
+    return [f"t{tenant}:{tag}" for tag in tags]
 
-    The key is the tenant, the principal's role and the full URL; ``tags``
-    (fixed, or computed from the request) are what writes invalidate. Lists
-    and details use ``list_cache_ttl``; ``dashboard=True`` uses the (TTL-only)
-    ``dashboard_cache_ttl``. Bodies are cached gzip-compressed and sent as
-    they are to clients that accept gzip. The naive profile has no cache.
+
+def cached(tags: TagSource, *, dashboard: bool = False) -> Callable[[Endpoint], Endpoint]:
+    """Tag a read route's response for freightscale's response cache.
+
+    Whether and how long a path is cached is the cache's rule
+    (``cache_rules()`` in ``application.py``: tenant scope, keyed also by the
+    principal's role); this decorator only names what the response depends
+    on, so writes can invalidate it (:func:`invalidate`). ``dashboard`` marks
+    the TTL-only route (documentation: its rule has no tags to invalidate).
     """
 
     def decorate(endpoint: Endpoint) -> Endpoint:
         @functools.wraps(endpoint)
-        async def with_cache(request: Request) -> Response:
-            svc = services(request)
-            cache = svc.cache
-            if cache is None:
-                return await endpoint(request)
-            who = principal(request)
+        async def tagged(request: Request) -> Response:
             tag_list = tags(request) if callable(tags) else tags
-            request_key = f"{','.join(sorted(who.roles))}|{request.url.path}?{request.url.query}"
-            key, stamp, hit = await cache.lookup(str(who.tenant_id), request_key, tag_list)
-            gzip_ok = "gzip" in request.headers.get("accept-encoding", "")
-            if hit is not None:
-                return _cached_response(hit, gzip_ok, "hit")
-            response = await endpoint(request)
-            if response.status_code != 200:
-                return response
-            body = bytes(response.body)
-            entry = CachedBody(body, gzipped=False)
-            if len(body) >= svc.settings.compression.minimum_size:
-                level = svc.settings.compression.gzip_level
-                entry = CachedBody(gzip.compress(body, level, mtime=0), gzipped=True)
-            ttl = svc.config.dashboard_cache_ttl if dashboard else svc.config.list_cache_ttl
-            await cache.save(key, stamp, entry, ttl=ttl)
-            return _cached_response(entry, gzip_ok, "miss")
+            if tag_list:
+                add_cache_tags(request.scope, *_tenant_tags(tenant_id(request), tag_list))
+            return await endpoint(request)
 
-        return with_cache
+        return tagged
 
     return decorate
 
 
-def _cached_response(entry: CachedBody, gzip_ok: bool, state: str) -> Response:
-    headers = {"x-cache": state, "vary": "Accept-Encoding"}
-    if not entry.gzipped:
-        return Response(entry.body, media_type="application/json", headers=headers)
-    if gzip_ok:
-        headers["content-encoding"] = "gzip"
-        return Response(entry.body, media_type="application/json", headers=headers)
-    return Response(gzip.decompress(entry.body), media_type="application/json", headers=headers)
-
-
 async def invalidate(request: Request, *tags: str) -> None:
-    """Make the tenant's cached responses tagged with any of ``tags`` stale."""
-    cache = services(request).cache
+    """Make the tenant's cached responses tagged with any of ``tags`` stale (all workers)."""
+    # The middleware only exposes itself to GET/HEAD and rule-matched writes;
+    # the app keeps a reference for every other write.
+    cache = get_response_cache(request.scope) or services(request).response_cache
     if cache is not None:
-        await cache.invalidate(str(tenant_id(request)), tags)
+        await cache.invalidate(_tenant_tags(tenant_id(request), tags))

@@ -17,7 +17,7 @@ from examples.freightops.security import (
     verify_password,
 )
 from examples.freightops.seed import SeedPlan, generate
-from examples.freightops.standins import CachedBody, ResponseCache, get_many
+from examples.freightops.standins import get_many
 
 from freightscale.stores import MemoryStore
 
@@ -100,24 +100,6 @@ async def test_file_session_store_round_trip_and_hostile_ids(tmp_path: Path) -> 
     await store.delete(session_id)
     assert await store.get(session_id) is None
     assert list(tmp_path.iterdir()) == []
-
-
-async def test_response_cache_hits_invalidates_by_tag_and_separates_tenants() -> None:
-    cache = ResponseCache(MemoryStore())
-    key, stamp, hit = await cache.lookup("1", "viewer|/api/shipments?", ["shipments"])
-    assert hit is None
-    await cache.save(key, stamp, CachedBody(b"tenant-1-body", gzipped=False), ttl=30)
-    key2, stamp2, hit = await cache.lookup("1", "viewer|/api/shipments?", ["shipments"])
-    assert hit == CachedBody(b"tenant-1-body", gzipped=False)
-    assert (key2, stamp2) == (key, stamp)
-    _, _, other_tenant = await cache.lookup("2", "viewer|/api/shipments?", ["shipments"])
-    assert other_tenant is None
-    await cache.invalidate("2", ["shipments"])  # another tenant's write: no effect on 1
-    assert (await cache.lookup("1", "viewer|/api/shipments?", ["shipments"]))[2] is not None
-    await cache.invalidate("1", ["carriers"])  # another tag: no effect
-    assert (await cache.lookup("1", "viewer|/api/shipments?", ["shipments"]))[2] is not None
-    await cache.invalidate("1", ["shipments"])
-    assert (await cache.lookup("1", "viewer|/api/shipments?", ["shipments"]))[2] is None
 
 
 async def test_get_many_reads_redis_in_one_call(redis_url: str, redis_prefix: str) -> None:
