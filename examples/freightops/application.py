@@ -1,13 +1,16 @@
 """``create_app()``: FreightOps composed from its feature modules and freightscale.
 
-The composition, outermost first (freightscale's ``build_stack`` owns the
-outer layers and their order; the example adds what it still provides itself)::
+The request path, outermost first::
 
-    build_stack:  telemetry → health → errors → … (the components as they land)
-    example:      authentication → per-tenant plan limits → compression → app
-    app:          Starlette routes from examples/freightops/features/*,
-                  with the response cache on read routes
+    build_stack:  telemetry → health (/healthz, /readyz) → errors → database
+    example:      authentication (stand-in) → per-tenant plan limits (stand-in)
+                  → freightscale response cache → freightscale compression
+    app:          Starlette routes from examples/freightops/features/*
+                  (indexed router), tagging their responses for the cache
 
+The cache and compression are placed here, inside the example's
+authentication, because the cache must see the tenant and the verified
+role; once authentication is a ``build_stack`` layer they become settings.
 The naive profile keeps only the error handler and swaps in the legacy
 authentication (file sessions + a permission query per request).
 """
@@ -18,7 +21,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -31,7 +34,7 @@ from examples.freightops.naive import NaiveAuthMiddleware
 from examples.freightops.runtime import Services, services
 from examples.freightops.seed import prepare_database
 from examples.freightops.standins import ROLE_HEADER, AuthMiddleware, PlanRateLimitMiddleware
-from examples.freightops.web import JSON, Problem, pool_timeout_handler, problem_handler
+from examples.freightops.web import JSON, Problem, database_error_handler, problem_handler
 from freightscale.caching import ResponseCacheMiddleware
 from freightscale.compression import CompressionMiddleware
 from freightscale.errors import ErrorMiddleware
@@ -138,7 +141,12 @@ def create_app(
     ]
     app = Starlette(
         routes=routes,
-        exception_handlers={Problem: problem_handler, PoolTimeout: pool_timeout_handler},
+        exception_handlers={
+            Problem: problem_handler,
+            # Pool timeouts, refused or timed-out connections, a lost server.
+            SQLAlchemyError: database_error_handler,
+            OSError: database_error_handler,  # includes ConnectionError, TimeoutError
+        },
         lifespan=lifespan,
     )
     app.state.services = svc

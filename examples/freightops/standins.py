@@ -326,8 +326,13 @@ class PlanRateLimitMiddleware:
 
             from examples.freightops.models import Tenant
 
-            async with self.services.read_engine.connect() as conn:
-                found = await conn.scalar(select(Tenant.plan).where(Tenant.id == int(tenant)))
+            try:
+                async with self.services.read_engine.connect() as conn:
+                    found = await conn.scalar(select(Tenant.plan).where(Tenant.id == int(tenant)))
+            except Exception:
+                # Database trouble is the handler's to report (503); limit by the
+                # most common plan meanwhile and look again on the next request.
+                return "standard"
             plan = str(found or "free")
             self.plans[tenant] = plan
         return plan

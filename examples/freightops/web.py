@@ -20,6 +20,7 @@ from starlette.responses import Response
 from examples.freightops.runtime import services
 from freightscale.caching import add_cache_tags, get_response_cache
 from freightscale.context import Principal, get_principal
+from freightscale.db import is_unavailable, unavailable_response
 from freightscale.errors import problem_response
 from freightscale.responses import FastJSONResponse
 
@@ -64,17 +65,17 @@ async def problem_handler(request: Request, exc: Exception) -> Response:
     return problem_response(exc.status, detail=exc.detail, instance=request.url.path)
 
 
-async def pool_timeout_handler(request: Request, exc: Exception) -> Response:
-    """The connection pool stayed exhausted for ``pool_timeout``: 503, retry soon.
+async def database_error_handler(request: Request, exc: Exception) -> Response:
+    """Pool exhaustion or an unreachable database: 503 problem+json, retry soon.
 
-    TODO(db component): ``freightscale.db`` maps this itself.
+    freightscale.db's classification decides; anything else is a real bug and
+    propagates (500 from the error middleware, logged once).
     """
-    return problem_response(
-        503,
-        detail="the database is busy; retry shortly",
-        instance=request.url.path,
-        headers={"Retry-After": "1"},
-    )
+    reason = is_unavailable(exc)
+    if reason is None:
+        raise exc
+    retry_after = services(request).settings.database.unavailable_retry_after
+    return unavailable_response(reason, retry_after=retry_after, instance=request.url.path)
 
 
 def principal(request: Request) -> Principal:

@@ -116,3 +116,31 @@ async def test_get_many_reads_redis_in_one_call(redis_url: str, redis_prefix: st
         assert await get_many(memory, ["a", "b"]) == [b"1", None]
     finally:
         await root.aclose()
+
+
+async def test_unreachable_database_answers_503_problem(tmp_path: Path) -> None:
+    import httpx
+    from examples.freightops.application import create_app
+    from examples.freightops.config import AppConfig
+
+    from freightscale.settings import FreightScaleSettings
+    from tests.servers import free_port
+
+    settings = FreightScaleSettings(
+        environment="development",
+        database={
+            "url": f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nothing",
+            "connect_timeout": 1,
+        },
+        auth={"secret": SECRET},
+    )
+    app = create_app(settings, AppConfig(session_dir=str(tmp_path)))
+    token, _ = issue_token(SECRET, user_id=1, tenant_id=1, role="viewer", session_id="s" * 20,
+                           ttl=60)  # fmt: skip
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get("/api/shipments", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["retry-after"] == "2"
+    assert response.json()["reason"] == "unavailable"
