@@ -10,6 +10,7 @@ import freightscale
 
 MODULES = [
     "freightscale",
+    "freightscale.auth",
     "freightscale.caching",
     "freightscale.compression",
     "freightscale.context",

@@ -102,15 +102,15 @@ async def test_a_component_is_one_entry_and_health_stays_outside_it(
                 return
             await problem_response(401)(scope, receive, send)
 
-    extra = Component("deny", lambda s: s.auth.enabled, DenyAll)
+    extra = Component("deny", lambda s: s.debug, DenyAll)
     monkeypatch.setattr(stack_module, "COMPONENTS", (*stack_module.COMPONENTS, extra))
-    app = build_stack(starlette_app(), settings(auth={"enabled": True}))
+    app = build_stack(starlette_app(), settings(debug=True))
     assert app.components == ("telemetry", "health", "errors", "deny")
     async with client(app) as c:
         assert (await c.get("/")).status_code == 401
         assert (await c.get("/healthz")).status_code == 200
         assert (await c.get("/readyz")).status_code == 200
-    off = build_stack(starlette_app(), settings(auth={"enabled": False}))
+    off = build_stack(starlette_app(), settings(debug=False))
     assert "deny" not in off.components
 
 

@@ -77,3 +77,48 @@ async def test_sessions_cache_and_compression_compose(redis: tuple[str, str] | N
         assert two.json() == {"visits": 2}  # the cookie from the first visit was honoured
     finally:
         assert (await driver.shutdown())["type"] == "lifespan.shutdown.complete"
+
+
+async def test_auth_layer_from_settings_with_permission_loader(
+    redis_url: str, redis_prefix: str
+) -> None:
+    from freightscale.auth import TokenIssuer, require_permission
+
+    secret = "k" * 48
+    loads: list[tuple[str, frozenset[str]]] = []
+
+    async def loader(tenant_id: str, roles: frozenset[str]) -> set[str]:
+        loads.append((tenant_id, roles))
+        return {"shipments:*"} if "dispatcher" in roles else {"shipments:read"}
+
+    @require_permission("shipments:write")
+    async def create(request: Request) -> JSONResponse:
+        return JSONResponse({"tenant": request.user.tenant_id}, status_code=201)
+
+    settings = FreightScaleSettings(
+        redis={"url": redis_url, "key_prefix": redis_prefix},
+        auth={"enabled": True, "secret": secret, "key_prefix": redis_prefix},
+        health={"cache_ttl": 0},
+    )
+    app = Starlette(routes=[Route("/shipments", create, methods=["POST"])])
+    stack = build_stack(app, settings, permission_loader=loader)
+    assert "auth" in stack.components
+    issuer = TokenIssuer(settings.auth)
+    dispatcher = issuer.issue("u1", tenant="acme", roles=["dispatcher"])
+    viewer = issuer.issue("u2", tenant="acme", roles=["viewer"])
+    driver = LifespanDriver(stack)
+    assert (await driver.startup())["type"] == "lifespan.startup.complete"
+    try:
+        transport = httpx.ASGITransport(stack)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            ok = await client.post("/shipments", headers={"Authorization": f"Bearer {dispatcher}"})
+            no = await client.post("/shipments", headers={"Authorization": f"Bearer {viewer}"})
+            bad = await client.post("/shipments", headers={"Authorization": "Bearer x.y.z"})
+        assert ok.status_code == 201
+        assert ok.json() == {"tenant": "acme"}
+        assert no.status_code == 403
+        assert bad.status_code == 401
+        assert bad.headers["content-type"] == "application/problem+json"
+        assert {tenant for tenant, _ in loads} == {"acme"}
+    finally:
+        assert (await driver.shutdown())["type"] == "lifespan.shutdown.complete"

@@ -11,13 +11,23 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from freightscale.auth import (
+        Authenticator,
+        AuthMiddleware,
+        TokenIssuer,
+        install_tenant_guc,
+        require_permission,
+    )
     from freightscale.caching import (
+        CacheBackend,
         QueryCache,
         ResponseCacheMiddleware,
         add_cache_tags,
+        get_response_cache,
     )
     from freightscale.compression import (
         CompressionMiddleware,
+        PrecompressedStaticFiles,
     )
     from freightscale.context import (
         Principal,
@@ -70,6 +80,9 @@ if TYPE_CHECKING:
     from freightscale.settings import (
         FreightScaleSettings,
     )
+    from freightscale.settings.cache import (
+        CacheRule,
+    )
     from freightscale.stack import (
         Stack,
         build_stack,
@@ -89,7 +102,11 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
+    "AuthMiddleware": "freightscale.auth",
     "AuthenticationError": "freightscale.exceptions",
+    "Authenticator": "freightscale.auth",
+    "CacheBackend": "freightscale.caching",
+    "CacheRule": "freightscale.settings.cache",
     "CompressionMiddleware": "freightscale.compression",
     "ConfigurationError": "freightscale.exceptions",
     "Database": "freightscale.db",
@@ -105,6 +122,7 @@ _EXPORTS: dict[str, str] = {
     "MissingDependencyError": "freightscale.exceptions",
     "PermissionDenied": "freightscale.exceptions",
     "PostgresStore": "freightscale.stores",
+    "PrecompressedStaticFiles": "freightscale.compression",
     "Principal": "freightscale.context",
     "ProblemResponse": "freightscale.errors",
     "QueryCache": "freightscale.caching",
@@ -120,23 +138,31 @@ _EXPORTS: dict[str, str] = {
     "StoreError": "freightscale.exceptions",
     "StoreUnavailableError": "freightscale.exceptions",
     "TelemetryMiddleware": "freightscale.telemetry",
+    "TokenIssuer": "freightscale.auth",
     "add_cache_tags": "freightscale.caching",
     "build_stack": "freightscale.stack",
     "exception_handlers": "freightscale.errors",
     "get_principal": "freightscale.context",
     "get_request_id": "freightscale.context",
+    "get_response_cache": "freightscale.caching",
     "get_session": "freightscale.db",
     "get_tenant_id": "freightscale.context",
+    "install_tenant_guc": "freightscale.auth",
     "json_dumps": "freightscale.responses",
     "load_session": "freightscale.sessions",
     "primary": "freightscale.db",
     "problem_response": "freightscale.errors",
+    "require_permission": "freightscale.auth",
     "store_from_url": "freightscale.stores",
     "use_indexed_router": "freightscale.routing",
 }
 
 __all__ = [
+    "AuthMiddleware",
     "AuthenticationError",
+    "Authenticator",
+    "CacheBackend",
+    "CacheRule",
     "CompressionMiddleware",
     "ConfigurationError",
     "Database",
@@ -152,6 +178,7 @@ __all__ = [
     "MissingDependencyError",
     "PermissionDenied",
     "PostgresStore",
+    "PrecompressedStaticFiles",
     "Principal",
     "ProblemResponse",
     "QueryCache",
@@ -167,18 +194,22 @@ __all__ = [
     "StoreError",
     "StoreUnavailableError",
     "TelemetryMiddleware",
+    "TokenIssuer",
     "__version__",
     "add_cache_tags",
     "build_stack",
     "exception_handlers",
     "get_principal",
     "get_request_id",
+    "get_response_cache",
     "get_session",
     "get_tenant_id",
+    "install_tenant_guc",
     "json_dumps",
     "load_session",
     "primary",
     "problem_response",
+    "require_permission",
     "store_from_url",
     "use_indexed_router",
 ]

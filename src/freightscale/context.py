@@ -28,7 +28,9 @@ __all__ = [
     "get_principal",
     "get_request_id",
     "get_tenant_id",
+    "reset_principal",
     "scope_state",
+    "set_principal",
 ]
 
 SCOPE_KEY = "freightscale"
@@ -44,6 +46,8 @@ class Principal(BaseUser):
         roles: role names granted to the principal.
         scopes: OAuth-style scopes; Starlette's ``requires()`` checks these.
         claims: the full verified claim set.
+        permissions: permissions granted through the roles (resolved by RBAC);
+            ``prefix:*`` and ``*`` entries are wildcards.
     """
 
     user_id: str
@@ -51,6 +55,15 @@ class Principal(BaseUser):
     roles: frozenset[str] = frozenset()
     scopes: frozenset[str] = frozenset()
     claims: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    permissions: frozenset[str] = frozenset()
+
+    def has_permission(self, permission: str) -> bool:
+        """True if ``permissions`` grant ``permission`` (exact, ``prefix:*`` or ``*``)."""
+        granted = self.permissions
+        if permission in granted or "*" in granted:
+            return True
+        parts = permission.split(":")
+        return any(":".join(parts[:i]) + ":*" in granted for i in range(1, len(parts)))
 
     @property
     def is_authenticated(self) -> bool:
@@ -104,6 +117,23 @@ def get_tenant_id(scope: Scope | None = None) -> str | None:
 def get_request_id() -> str | None:
     """Return the current request id, or None outside a request."""
     return _request_id.get()
+
+
+def set_principal(
+    principal: Principal | None, scope: Scope | None = None
+) -> contextvars.Token[Principal | None]:
+    """Make ``principal`` current until :func:`reset_principal` (a hot-path
+    alternative to :func:`bind_principal` with no generator); record it in ``scope``."""
+    if scope is not None:
+        scope_state(scope)["principal"] = principal
+        if principal is not None:
+            scope["user"] = principal
+    return _principal.set(principal)
+
+
+def reset_principal(token: contextvars.Token[Principal | None]) -> None:
+    """Undo :func:`set_principal`."""
+    _principal.reset(token)
 
 
 @contextmanager

@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from cachetools import TTLCache
-from opentelemetry import metrics
 from redis.exceptions import RedisError
 
 from freightscale.caching.l1 import L1Cache
@@ -34,14 +33,14 @@ from freightscale.settings.cache import CacheSettings
 from freightscale.stores.base import Store
 from freightscale.stores.memory import MemoryStore
 from freightscale.stores.redis import RedisStore
+from freightscale.telemetry import get_counter
 
 __all__ = ["CacheBackend"]
 
 logger = logging.getLogger("freightscale.caching")
-_meter = metrics.get_meter("freightscale")
-_store_errors = _meter.create_counter(
-    "freightscale.cache.store_errors", description="Cache store operations that failed"
-)
+_store_errors = get_counter("freightscale.store.errors")  # store, operation
+_outages = get_counter("freightscale.backend.outages")  # service, component
+_ERROR_LABELS = {"store": "cache", "operation": "cache"}
 T = TypeVar("T")
 
 
@@ -125,10 +124,12 @@ class CacheBackend:
         return result
 
     def _failed(self, exc: BaseException) -> None:
-        _store_errors.add(1)
+        _store_errors.add(1, _ERROR_LABELS)
         self._down_until = self._monotonic() + self.settings.retry_after_failure
         if not self._outage:
             self._outage = True
+            service = "redis" if self.redis is not None else type(self.store).__name__
+            _outages.add(1, {"service": service, "component": "cache"})
             logger.warning(
                 "response cache store failed (%r); bypassing the cache, retrying every %ss",
                 exc,

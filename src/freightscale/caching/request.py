@@ -13,8 +13,6 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from opentelemetry import metrics
-
 from freightscale.caching.capture import (
     ResponseCapture,
     discard,
@@ -33,6 +31,7 @@ from freightscale.caching.rules import (
 from freightscale.caching.singleflight import SingleFlight
 from freightscale.context import Principal, get_principal, scope_state
 from freightscale.exceptions import StoreError
+from freightscale.telemetry import get_counter
 from freightscale.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -41,9 +40,9 @@ if TYPE_CHECKING:
 __all__ = ["CACHE_FILL_KEY", "CacheRequest"]
 
 logger = logging.getLogger("freightscale.caching")
-_requests = metrics.get_meter("freightscale").create_counter(
-    "freightscale.cache.requests", description="Response cache lookups by result"
-)
+_requests = get_counter("freightscale.cache.lookups")  # result: hit, miss, stale, bypass
+_fallbacks = get_counter("freightscale.backend.fallbacks")  # component, policy
+_FALLBACK = {"component": "cache", "policy": "bypass"}
 
 CACHE_FILL_KEY = "cache_fill"
 """``scope["freightscale"]`` flag telling the compression layer this response will be stored."""
@@ -169,6 +168,7 @@ class CacheRequest:
                 try:
                     entry = await self._lookup()
                 except StoreError:
+                    _fallbacks.add(1, _FALLBACK)
                     await self._bypass(receive, send)
                     return
             now = mw.clock()

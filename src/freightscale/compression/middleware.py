@@ -15,6 +15,7 @@ from freightscale.compression.encoders import Encoder, available_encodings, comp
 from freightscale.compression.negotiation import IDENTITY, negotiate
 from freightscale.context import SCOPE_KEY
 from freightscale.settings.compression import CompressionSettings
+from freightscale.telemetry import get_counter
 from freightscale.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["CACHE_FILL_KEY", "CompressionMiddleware"]
@@ -24,6 +25,9 @@ CACHE_FILL_KEY = "cache_fill"
 response it is about to compute will be stored: the cached levels apply."""
 
 _UNCOMPRESSIBLE_STATUS = frozenset({204, 206, 304})
+_responses = get_counter("freightscale.compression.responses")  # encoding
+_bytes = get_counter("freightscale.compression.bytes")  # encoding, direction
+_IDENTITY_LABELS = {"encoding": IDENTITY}
 
 
 class CompressionMiddleware:
@@ -132,6 +136,7 @@ class _Responder:
                 await self._pass(start, message, vary=True)
                 return
             data = compress(self.encoding, body, self._level())
+            self._count(len(body), len(data))
             _mark_encoded(headers, self.encoding)
             headers["content-length"] = str(len(data))
             await self.send_(start)
@@ -142,10 +147,17 @@ class _Responder:
             await self._pass(start, message, vary=True)
             return
         self.encoder = new_encoder(self.encoding, self._level())
+        _responses.add(1, {"encoding": self.encoding})
         _mark_encoded(headers, self.encoding)
         del headers["content-length"]
         await self.send_(start)
         await self._stream(message)
+
+    def _count(self, size_in: int, size_out: int) -> None:
+        encoding = self.encoding
+        _responses.add(1, {"encoding": encoding})
+        _bytes.add(size_in, {"encoding": encoding, "direction": "in"})
+        _bytes.add(size_out, {"encoding": encoding, "direction": "out"})
 
     def _level(self) -> int:
         levels = self.mw.cached_levels if self.cached else self.mw.levels
@@ -154,6 +166,7 @@ class _Responder:
     async def _pass(self, start: Message, message: Message, *, vary: bool) -> None:
         self.passthrough = True
         if vary:
+            _responses.add(1, _IDENTITY_LABELS)
             _add_vary(MutableHeaders(scope=start))
         await self.send_(start)
         await self.send_(message)
@@ -164,9 +177,13 @@ class _Responder:
             await self.send_(message)
             return
         more = message.get("more_body", False)
-        data = self.encoder.compress(message.get("body", b""))
+        body = message.get("body", b"")
+        data = self.encoder.compress(body)
         if not more:
             data += self.encoder.finish()
+        encoding = self.encoding
+        _bytes.add(len(body), {"encoding": encoding, "direction": "in"})
+        _bytes.add(len(data), {"encoding": encoding, "direction": "out"})
         if data or not more:
             await self.send_({"type": "http.response.body", "body": data, "more_body": more})
 

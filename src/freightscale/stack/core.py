@@ -20,6 +20,7 @@ from freightscale.telemetry import TelemetryMiddleware
 from freightscale.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
+    from freightscale.auth import PermissionLoader
     from freightscale.backends.redis import RedisClient
     from freightscale.db import Database
 
@@ -48,6 +49,7 @@ class Stack:
         health: HealthApp,
         components: tuple[Component, ...],
         resources: tuple[Resource, ...],
+        options: Mapping[str, Any] | None = None,
     ) -> None:
         self.app = app
         self.settings = settings
@@ -61,6 +63,8 @@ class Stack:
         self._lock: asyncio.Lock | None = None
         self.drain = Drain(settings.health, health)
 
+        self.options: dict[str, Any] = dict(options or {})
+        """Live objects for components (``permission_loader`` …), from ``build_stack``."""
         self.layers: dict[str, Any] = {}
         """The middleware object of each installed component, by name."""
         inner = app
@@ -260,6 +264,8 @@ def build_stack(
     *,
     health: HealthApp | None = None,
     checks: Mapping[str, CheckFunction] | None = None,
+    permission_loader: PermissionLoader | None = None,
+    **options: Any,
 ) -> Stack:
     """Wrap ``app`` in every enabled component, in the documented order.
 
@@ -269,6 +275,10 @@ def build_stack(
         health: a health app to serve instead of one built from ``settings.health``.
         checks: extra readiness checks by name (a check per configured
             service is added at startup).
+        permission_loader: the app's async ``(tenant_id, roles) -> permissions``
+            loader for the authentication layer's RBAC cache.
+        options: live objects other components accept (documented on each
+            component's page), kept in ``stack.options``.
 
     Returns:
         The :class:`Stack`: an ASGI app that also holds the shared resources.
@@ -278,7 +288,15 @@ def build_stack(
     for name, check in (checks or {}).items():
         health.register(name, check)
     components = tuple(c for c in layers.COMPONENTS if c.enabled(settings))
-    return Stack(app, settings, health=health, components=components, resources=layers.RESOURCES)
+    options["permission_loader"] = permission_loader
+    return Stack(
+        app,
+        settings,
+        health=health,
+        components=components,
+        resources=layers.RESOURCES,
+        options=options,
+    )
 
 
 class _LazyStore:

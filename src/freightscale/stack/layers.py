@@ -130,6 +130,28 @@ def _database_check(database: Any) -> CheckFunction:
     return engine_check(database.engines.primary)
 
 
+def _auth(app: ASGIApp, stack: Stack) -> ASGIApp:
+    from freightscale.auth import Authenticator, AuthMiddleware, RedisBus
+
+    s = stack.settings
+    bus = None
+    if s.redis.enabled:
+        # Revocations and permission-version bumps reach every instance over
+        # the shared client, which opens at startup (the bus resolves it lazily).
+        bus = RedisBus(
+            lambda: stack.redis,
+            key_prefix=s.auth.key_prefix,
+            sync_interval=s.auth.revocation_sync_interval,
+        )
+    authenticator = Authenticator(
+        s.auth,
+        store=stack.lazy_store("auth"),
+        bus=bus,
+        permission_loader=stack.options.get("permission_loader"),
+    )
+    return AuthMiddleware(app, authenticator=authenticator)
+
+
 def _sessions(app: ASGIApp, stack: Stack) -> ASGIApp:
     from freightscale.sessions import SessionMiddleware
     from freightscale.sessions.redis import RedisSessionBackend
@@ -183,7 +205,7 @@ COMPONENTS: tuple[Component, ...] = (
     # 1. telemetry and the health endpoints are placed by build_stack itself (outermost).
     Component("errors", lambda s: True, _errors),
     # 3. per-IP rate limit           Component("ratelimit.ip", lambda s: s.ratelimit.enabled, …)
-    # 4. authentication + tenant     Component("auth", lambda s: s.auth.enabled, …)
+    Component("auth", lambda s: s.auth.enabled, _auth),
     # 5. per-user/tenant rate limit  Component("ratelimit.user", lambda s: s.ratelimit.enabled, …)
     # Request bodies are inflated lazily (only as the app reads them) and only
     # for requests that got past the limits and authentication above.

@@ -1,0 +1,230 @@
+"""The :class:`Authenticator`: verification, caches, revocation and RBAC in one object.
+
+The middleware asks it to turn a bearer token into a principal; the app uses
+it to revoke tokens and to invalidate permissions::
+
+    auth = Authenticator(settings.auth, redis=client, permission_loader=load_permissions)
+    app = AuthMiddleware(app, authenticator=auth)
+    ...
+    await auth.revocations.revoke_user(user_id, tenant_id)   # log out everywhere
+    await auth.permissions.bump(tenant_id)                   # roles changed
+    await auth.aclose()                                      # on shutdown
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from types import MappingProxyType
+from typing import Any
+
+from starlette.authentication import AuthCredentials
+
+from freightscale.auth.cache import CachedToken, VerificationCache, token_key
+from freightscale.auth.events import EventBus, MemoryBus, RedisBus
+from freightscale.auth.keys import JWKSKeySource
+from freightscale.auth.rbac import PermissionCache, PermissionLoader
+from freightscale.auth.revocation import RevocationList
+from freightscale.auth.verify import InvalidToken, TokenVerifier
+from freightscale.backends.redis import RedisClient
+from freightscale.context import Principal
+from freightscale.settings.auth import AuthSettings
+from freightscale.stores.base import Store
+from freightscale.stores.memory import MemoryStore
+from freightscale.telemetry import get_counter
+
+__all__ = ["Authenticator"]
+
+logger = logging.getLogger("freightscale.auth")
+_HIT = {"result": "hit"}
+_MISS = {"result": "miss"}
+
+
+class Authenticator:
+    """Turn bearer tokens into principals, with caches, revocation and RBAC.
+
+    Args:
+        settings: the auth settings.
+        redis: a Redis client shared by every instance (revocations, permission
+            versions, events). Without one everything is in-process.
+        store: the shared store to use instead of one built on ``redis``.
+        bus: the event bus to use instead of one built on ``redis``.
+        permission_loader: resolves roles to permissions; without one
+            principals carry no permissions (``require_permission`` denies).
+        jwks: a JWKS key source to use instead of one built from ``jwks_url``.
+    """
+
+    def __init__(
+        self,
+        settings: AuthSettings,
+        *,
+        redis: RedisClient | None = None,
+        store: Store | None = None,
+        bus: EventBus | None = None,
+        permission_loader: PermissionLoader | None = None,
+        jwks: JWKSKeySource | None = None,
+    ) -> None:
+        self.settings = settings
+        self.verifier = TokenVerifier(settings, jwks=jwks)
+        self.cache = VerificationCache(
+            ttl=settings.cache_ttl,
+            max_entries=settings.cache_max_entries,
+            negative_ttl=settings.negative_cache_ttl,
+            negative_max_entries=settings.negative_cache_max_entries,
+        )
+        if store is None:
+            if redis is not None:
+                from freightscale.stores.redis import RedisStore
+
+                store = RedisStore(redis, key_prefix=settings.key_prefix).with_namespace("auth")
+            else:
+                store = MemoryStore(100_000).with_namespace("auth")
+        if bus is None:
+            bus = (
+                RedisBus(
+                    redis,
+                    key_prefix=settings.key_prefix,
+                    sync_interval=settings.revocation_sync_interval,
+                )
+                if redis is not None
+                else MemoryBus()
+            )
+        self.store = store
+        self.bus = bus
+        self.revocations = RevocationList(
+            store.with_namespace("revoked"),
+            bus,
+            local_ttl=settings.cache_ttl,
+            retention=settings.revocation_retention,
+            fail_mode=settings.revocation_fail_mode,
+            timeout=settings.redis_timeout,
+            on_reset=self.cache.clear,
+        )
+        self.permissions: PermissionCache | None = None
+        if permission_loader is not None:
+            self.permissions = PermissionCache(
+                permission_loader,
+                store.with_namespace("rbac"),
+                bus,
+                ttl=settings.permission_ttl,
+                max_entries=settings.permission_max_entries,
+                timeout=settings.redis_timeout,
+            )
+        self._started = False
+        self._start_lock = asyncio.Lock()
+        self._token_cache = get_counter("freightscale.auth.token_cache")
+        self._permission_cache = get_counter("freightscale.auth.permission_cache")
+        self._claims = (
+            settings.subject_claim,
+            settings.tenant_claim,
+            settings.roles_claim,
+            settings.scopes_claim,
+        )
+
+    def __repr__(self) -> str:
+        return f"Authenticator(algorithms={self.settings.algorithms}, cached={len(self.cache)})"
+
+    async def start(self) -> None:
+        """Start the background tasks (event listener, revocation poll); idempotent."""
+        if self._started:
+            return
+        async with self._start_lock:
+            if not self._started:
+                await self.bus.start()
+                self._started = self.bus.started
+
+    async def authenticate(
+        self, token: str, *, key: bytes | None = None
+    ) -> tuple[Principal, AuthCredentials]:
+        """Return the principal and Starlette credentials for ``token``.
+
+        ``key`` is ``token_key(token)`` when the caller already has it.
+
+        Raises:
+            InvalidToken: the token is invalid or revoked (HTTP 401).
+            StoreUnavailableError: the revocation store is down and fails closed (503).
+        """
+        if not self._started:
+            await self.start()
+        if key is None:
+            key = token_key(token)
+        entry = self.cache.get(key)
+        principal: Principal
+        if entry is not None:
+            self._token_cache.add(1, _HIT)
+            principal = entry.principal
+            if self.revocations.revoked_locally(
+                entry.jti, principal.user_id, principal.tenant_id, entry.iat
+            ):
+                self.cache.put_negative(key, "the token has been revoked")
+                raise InvalidToken("the token has been revoked")
+        else:
+            entry = await self._verify(key, token)
+            principal = entry.principal
+        perms: frozenset[str] | None = None
+        if self.permissions is not None:
+            loads_before = self.permissions.loads
+            perms = self.permissions.cached(principal.tenant_id, principal.roles)
+            if perms is None:
+                # get() counts the miss when it calls the loader; a store hit counts as a hit.
+                perms = await self.permissions.get(principal.tenant_id, principal.roles)
+                if self.permissions.loads == loads_before:
+                    self._permission_cache.add(1, _HIT)
+            else:
+                self._permission_cache.add(1, _HIT)
+        resolved = entry.resolved
+        if resolved is not None and entry.permissions is perms:
+            return resolved
+        if perms:
+            principal = dataclasses.replace(principal, permissions=perms)
+        credentials = AuthCredentials(sorted(principal.scopes | principal.permissions))
+        entry.permissions = perms
+        entry.resolved = (principal, credentials)
+        return principal, credentials
+
+    async def _verify(self, key: bytes, token: str) -> CachedToken:
+        failure = self.cache.get_negative(key)
+        if failure is not None:
+            self._token_cache.add(1, _HIT)
+            raise InvalidToken(failure)
+        self._token_cache.add(1, _MISS)
+        try:
+            claims = await self.verifier.verify(token)
+        except InvalidToken as exc:
+            if exc.cacheable:
+                self.cache.put_negative(key, exc.description)
+            raise
+        principal = self._principal(claims)
+        jti = claims.get("jti")
+        iat = claims.get("iat")
+        if await self.revocations.is_revoked(jti, principal.user_id, principal.tenant_id, iat):
+            self.cache.put_negative(key, "the token has been revoked")
+            raise InvalidToken("the token has been revoked")
+        entry = CachedToken(principal, self.cache.expiry_for(claims.get("exp")), jti, iat)
+        self.cache.put(key, entry)
+        return entry
+
+    def _principal(self, claims: dict[str, Any]) -> Principal:
+        sub_claim, tenant_claim, roles_claim, scopes_claim = self._claims
+        scopes = claims.get(scopes_claim)
+        if isinstance(scopes, str):
+            scope_set = frozenset(scopes.split())
+        elif isinstance(scopes, list):
+            scope_set = frozenset(s for s in scopes if isinstance(s, str))
+        else:
+            scope_set = frozenset()
+        return Principal(
+            user_id=claims[sub_claim],
+            tenant_id=claims.get(tenant_claim),
+            roles=frozenset(claims.get(roles_claim) or ()),
+            scopes=scope_set,
+            # Read-only: the principal is cached and shared by every request with this token.
+            claims=MappingProxyType(claims),
+        )
+
+    async def aclose(self) -> None:
+        """Stop the background tasks and close the JWKS client."""
+        await self.bus.aclose()
+        await self.verifier.aclose()
+        self._started = False
