@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from freightscale.caching.backend import CacheBackend
+from freightscale.caching.cdn import HttpPurger, PurgeDispatcher, PurgeHook
 from freightscale.caching.entry import CacheEntry, decode_entry, encode_entry
 from freightscale.caching.middleware import (
     CACHE_FILL_KEY,
@@ -31,6 +32,9 @@ __all__ = [
     "CacheEntry",
     "CacheRule",
     "CacheSettings",
+    "HttpPurger",
+    "PurgeDispatcher",
+    "PurgeHook",
     "QueryCache",
     "ResponseCacheMiddleware",
     "SingleFlight",

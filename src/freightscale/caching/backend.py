@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from cachetools import TTLCache
 from redis.exceptions import RedisError
 
+from freightscale.caching.cdn import PurgeDispatcher, PurgeHook, purge_hook_from
 from freightscale.caching.l1 import L1Cache
 from freightscale.caching.tiers import RedisCacheOps
 from freightscale.exceptions import StoreError, StoreUnavailableError
@@ -54,6 +55,9 @@ class CacheBackend:
             Default: a ``MemoryStore`` bounded by ``memory_max_bytes``.
         settings: the cache settings section.
         monotonic: clock for the outage back-off (tests inject one).
+        purge: CDN purge hook called with the tags of every invalidation
+            (default: an :class:`~freightscale.caching.cdn.HttpPurger` when
+            ``cdn_purge_url`` is set, else none).
     """
 
     store: Store
@@ -66,8 +70,11 @@ class CacheBackend:
         settings: CacheSettings | None = None,
         *,
         monotonic: Callable[[], float] = time.monotonic,
+        purge: PurgeHook | None = None,
     ) -> None:
         self.settings = settings = settings or CacheSettings()
+        self.cdn: PurgeDispatcher | None = None
+        self.set_purge_hook(purge_hook_from(settings, purge))
         self._monotonic = monotonic
         # Memory-store tag index: tag -> keys, bounded in tags and by age.
         self._tags: TTLCache[str, set[str]] = TTLCache(
@@ -83,6 +90,10 @@ class CacheBackend:
             self._bind(store)
         else:
             self._factory = store
+
+    def set_purge_hook(self, hook: PurgeHook | None) -> None:
+        """Set (or, with None, remove) the CDN purge hook."""
+        self.cdn = PurgeDispatcher(hook) if hook is not None else None
 
     def _bind(self, store: Store) -> None:
         settings = self.settings
@@ -242,8 +253,15 @@ class CacheBackend:
         if self.redis is not None:
             await self._guard(lambda: self.redis.publish([key]))  # type: ignore[union-attr]
 
-    async def invalidate(self, tags: Iterable[str]) -> int:
-        """Remove every entry carrying any of ``tags``, on every instance.
+    async def invalidate(self, tags: Iterable[str], *, wait_purge: bool = True) -> int:
+        """Remove every entry carrying any of ``tags``, on every instance, and at the CDN.
+
+        The CDN purge hook (if any) is called even when the store fails; its
+        own failure is logged and counted, never raised.
+
+        Args:
+            tags: the tags to invalidate.
+            wait_purge: await the CDN purge (False: run it in the background).
 
         Returns:
             How many entries were removed.
@@ -254,6 +272,16 @@ class CacheBackend:
         tags = list(dict.fromkeys(tags))
         if not tags:
             return 0
+        try:
+            return await self._invalidate(tags)
+        finally:
+            if self.cdn is not None:
+                if wait_purge:
+                    await self.cdn.purge(tags)
+                else:
+                    self.cdn.schedule(tags)
+
+    async def _invalidate(self, tags: list[str]) -> int:
         self._ensure()
         if self.redis is not None:
             keys = await self._guard(lambda: self.redis.pop_tagged(tags))  # type: ignore[union-attr]
@@ -300,6 +328,8 @@ class CacheBackend:
             pass
 
     async def aclose(self) -> None:
-        """Stop the invalidation listener (the store is closed by its owner)."""
+        """Finish CDN purges, stop the invalidation listener (the store is closed by its owner)."""
+        if self.cdn is not None:
+            await self.cdn.aclose()
         if self.redis is not None:
             await self.redis.aclose()

@@ -29,7 +29,16 @@ __all__ = [
 _MAX_AGE = re.compile(r"(?:^|,)\s*(s-maxage|max-age)\s*=\s*\"?(\d+)", re.IGNORECASE)
 _DROP = frozenset({b"age", b"x-cache", b"content-length", b"etag"})
 _NOT_MODIFIED_KEEP = frozenset(
-    {b"etag", b"cache-control", b"vary", b"date", b"expires", b"content-location"}
+    {
+        b"etag",
+        b"cache-control",
+        b"vary",
+        b"date",
+        b"expires",
+        b"content-location",
+        b"surrogate-control",
+        b"cdn-cache-control",
+    }
 )
 
 

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 
 from freightscale.caching.backend import CacheBackend
+from freightscale.caching.cdn import PurgeHook
 from freightscale.caching.entry import CacheEntry
 from freightscale.caching.request import CACHE_FILL_KEY, CacheRequest
 from freightscale.caching.rules import compile_rules, format_tags, match_rule
@@ -71,6 +72,8 @@ class ResponseCacheMiddleware:
             (e.g. ``lambda: stack.store("http")``, whose client opens at startup).
         backend: a shared :class:`CacheBackend` (e.g. also used by a ``QueryCache``).
         clock: wall clock for freshness and ``Age`` (tests inject one).
+        purge: CDN purge hook for invalidations (overrides ``cdn_purge_url``;
+            also set on a given ``backend``).
     """
 
     def __init__(
@@ -81,10 +84,13 @@ class ResponseCacheMiddleware:
         store: Store | Callable[[], Store] | None = None,
         backend: CacheBackend | None = None,
         clock: Callable[[], float] = time.time,
+        purge: PurgeHook | None = None,
     ) -> None:
         self.app = app
         self.config = config = config or CacheSettings()
-        self.cache = backend or CacheBackend(store, config)
+        self.cache = backend or CacheBackend(store, config, purge=purge)
+        if backend is not None and purge is not None:
+            backend.set_purge_hook(purge)
         self.rules = compile_rules(config)
         self.write_rules = [r for r in self.rules if r.rule.invalidate_on_write and r.rule.tags]
         self.clock = clock
@@ -144,7 +150,8 @@ class ResponseCacheMiddleware:
                     principal.user_id if principal else None,
                 )
                 try:
-                    await self.cache.invalidate(tags)
+                    # The CDN purge runs in the background: a slow CDN API never delays writes.
+                    await self.cache.invalidate(tags, wait_purge=False)
                 except StoreError as exc:
                     logger.warning(
                         "could not invalidate %s after %s: %r", tags, scope["method"], exc

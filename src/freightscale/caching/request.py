@@ -21,6 +21,7 @@ from freightscale.caching.capture import (
     no_body,
     send_entry,
 )
+from freightscale.caching.cdn import apply_cdn_headers
 from freightscale.caching.entry import CacheEntry, CorruptEntry, decode_entry, encode_entry
 from freightscale.caching.rules import (
     CompiledRule,
@@ -306,11 +307,13 @@ class CacheRequest:
         entry = self._entry(capture)
         if entry is None:
             return None
+        tags = self._tags(capture)
+        apply_cdn_headers(entry, self.rule, tags, mw.config)
         mw.flight.finish(self.key, entry)
         await send_entry(
             send, entry, b"MISS", entry.stored_at, head=False, if_none_match=self.if_none_match
         )
-        await self._store(entry, capture)
+        await self._store(entry, tags)
         return entry
 
     def _entry(self, capture: ResponseCapture) -> CacheEntry | None:
@@ -319,7 +322,8 @@ class CacheRequest:
             self.mw.clock(), self.compiled.ttl, rule.stale_while_revalidate, rule.stale_if_error
         )
 
-    async def _store(self, entry: CacheEntry, capture: ResponseCapture) -> None:
+    def _tags(self, capture: ResponseCapture) -> list[str]:
+        """The entry's tags: the rule's, the tag header's and ``add_cache_tags``'."""
         principal = self.principal
         tags = format_tags(
             self.rule.tags,
@@ -334,6 +338,9 @@ class CacheRequest:
                 "response for %s has %d tags; keeping %d", self.scope["path"], len(tags), limit
             )
             tags = tags[:limit]
+        return tags
+
+    async def _store(self, entry: CacheEntry, tags: list[str]) -> None:
         lifetime = max(entry.swr_until, entry.sie_until) - entry.stored_at
         await self.mw.cache.set(self.key, encode_entry(entry), expires_in=lifetime, tags=tags)
 
@@ -353,7 +360,9 @@ class CacheRequest:
                 await mw.app(scope, no_body(), capture.send)
             entry = self._entry(capture)
             if entry is not None:
-                await self._store(entry, capture)
+                tags = self._tags(capture)
+                apply_cdn_headers(entry, self.rule, tags, mw.config)
+                await self._store(entry, tags)
         except Exception:
             logger.warning("background refresh of %s failed", self.scope["path"], exc_info=True)
         finally:

@@ -5,13 +5,18 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
-from freightscale.settings._base import Section
+from freightscale.settings._base import Section, check_url_scheme
 
-__all__ = ["CacheRule", "CacheSettings"]
+__all__ = ["CacheRule", "CacheSettings", "CdnHeader"]
 
 _PATH = re.compile(r"^/[^\s]*$")
+
+CdnHeader = Literal[
+    "surrogate-key", "cache-tag", "surrogate-control", "cdn-cache-control", "s-maxage"
+]
+"""A header family a CDN rule emits (``s-maxage``: directives added to ``Cache-Control``)."""
 
 
 class CacheRule(Section):
@@ -49,6 +54,45 @@ class CacheRule(Section):
     vary: tuple[str, ...] = Field(default=(), max_length=16)
     """Request headers (besides ``Accept-Encoding``) that are part of the key. A
     response whose ``Vary`` names any other header is not stored."""
+
+    cdn: bool = False
+    """Emit the headers a CDN keys on (see ``cdn_headers``) on responses this rule
+    stores. Refused on ``tenant``/``user`` rules unless ``cdn_scope_keyed``."""
+
+    cdn_headers: tuple[CdnHeader, ...] = Field(
+        default=(
+            "surrogate-key",
+            "cache-tag",
+            "surrogate-control",
+            "cdn-cache-control",
+            "s-maxage",
+        ),
+        max_length=5,
+    )
+    """Header families emitted when ``cdn`` is on: ``surrogate-key`` (Fastly,
+    space-separated tags), ``cache-tag`` (Cloudflare, Akamai; comma-separated),
+    ``surrogate-control`` and ``cdn-cache-control`` (CDN-only freshness), and
+    ``s-maxage`` (``s-maxage`` / ``stale-while-revalidate`` / ``stale-if-error``
+    added to ``Cache-Control``)."""
+
+    cdn_ttl: float | None = Field(default=None, gt=0, le=31_536_000)
+    """Seconds the CDN keeps a response fresh (None: the entry's freshness, from
+    ``ttl`` and the response's own ``max-age``). Longer is safe only with a purge hook."""
+
+    cdn_scope_keyed: bool = False
+    """Declare that the CDN keys this ``tenant``/``user`` rule's responses on the
+    same scope (e.g. one hostname per tenant, or a cache key including the
+    tenant header). Without it a scoped rule never emits CDN headers."""
+
+    @model_validator(mode="after")
+    def _check_cdn(self) -> CacheRule:
+        if self.cdn and self.scope != "public" and not self.cdn_scope_keyed:
+            raise ValueError(
+                f"rule {self.path!r}: cdn=True on a {self.scope!r}-scoped rule would let a CDN "
+                "share one tenant's or user's response with others; set cdn_scope_keyed=True "
+                "only if the CDN keys on that scope"
+            )
+        return self
 
     @field_validator("path")
     @classmethod
@@ -165,6 +209,33 @@ class CacheSettings(Section):
 
     max_tags: int = Field(default=32, ge=0, le=256)
     """Most tags one entry keeps (extra tags are dropped and logged)."""
+
+    cdn_purge_url: str = Field(default="", max_length=2048)
+    """HTTP(S) endpoint called with the tags on every invalidation (``""``: no
+    purge, unless a purge hook is given in code)."""
+
+    cdn_purge_method: Literal["POST", "PUT", "DELETE", "PURGE"] = "POST"
+    """HTTP method of the purge request."""
+
+    cdn_purge_token: SecretStr = SecretStr("")
+    """Sent as ``Authorization: Bearer <token>`` with each purge request (``""``: none)."""
+
+    cdn_purge_field: str = Field(default="tags", min_length=1, max_length=64)
+    """JSON body field holding the tags: ``{"tags": [...]}``."""
+
+    cdn_purge_batch: int = Field(default=30, ge=1, le=1000)
+    """Most tags sent in one purge request (CDN APIs cap it; more tags, more requests)."""
+
+    cdn_purge_timeout: float = Field(default=5.0, gt=0, le=60)
+    """Seconds one purge request may take (connect, write, read, pool each)."""
+
+    cdn_max_tag_bytes: int = Field(default=8192, ge=64, le=16_384)
+    """Longest ``Surrogate-Key`` / ``Cache-Tag`` value emitted; tags past it are left out."""
+
+    @field_validator("cdn_purge_url")
+    @classmethod
+    def _check_purge_url(cls, value: str) -> str:
+        return check_url_scheme(value, ("http", "https"))
 
     query_default_ttl: float = Field(default=30.0, gt=0, le=86_400)
     """Default TTL of the query-result cache."""

@@ -174,7 +174,12 @@ def _require_redis(stack: Stack) -> RedisClient:
 def _cache(app: ASGIApp, stack: Stack) -> ASGIApp:
     from freightscale.caching import ResponseCacheMiddleware
 
-    return ResponseCacheMiddleware(app, stack.settings.cache, store=lambda: stack.store("http"))
+    return ResponseCacheMiddleware(
+        app,
+        stack.settings.cache,
+        store=lambda: stack.store("http"),
+        purge=stack.options.get("purge_hook"),  # a CDN purge callable from code, if any
+    )
 
 
 def _compression(app: ASGIApp, stack: Stack) -> ASGIApp:
