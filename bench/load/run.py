@@ -57,6 +57,7 @@ BENCH_PLAN_LIMITS = (
     '{"free": "5000/second", "standard": "5000/second", "enterprise": "5000/second"}'
 )
 
+SERVER_FULL = -1  # peak_db_connections when the sampler itself was refused a connection
 MIN_REQUESTS = 10  # fewer completed requests than this: no latency figures
 NOTES_MARKER = "<!-- notes: kept when bench/load/run.py rewrites this page -->"
 
@@ -406,18 +407,26 @@ class Sampler:
     async def _run(self) -> None:
         import asyncpg
 
-        conn = await asyncpg.connect(self.admin_dsn, timeout=10)
+        conn = None
         try:
             while not self._stop.is_set():
-                count = await conn.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-                    self.application_name,
-                )
-                self.peak_db = max(self.peak_db, int(count))
+                if conn is None and self.peak_db >= 0:
+                    try:
+                        conn = await asyncpg.connect(self.admin_dsn, timeout=10)
+                    except asyncpg.TooManyConnectionsError:
+                        # The app holds every connection the server allows.
+                        self.peak_db = SERVER_FULL
+                if conn is not None:
+                    count = await conn.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                        self.application_name,
+                    )
+                    self.peak_db = max(self.peak_db, int(count))
                 self.peak_rss = max(self.peak_rss, rss_bytes(process_tree(self.root_pid)))
                 await asyncio.sleep(self.interval)
         finally:
-            await conn.close()
+            if conn is not None:
+                await conn.close()
 
     def stop(self) -> None:
         self._stop.set()
@@ -612,9 +621,14 @@ def render_report(steps: list[Step], args: argparse.Namespace, command: str, cha
         else:
             latency = f"{s.requests} responses | - | -"
             per_request = "-"
+        db = (
+            "all the server allows"
+            if s.peak_db_connections == SERVER_FULL
+            else s.peak_db_connections
+        )
         lines.append(
             f"| {s.profile} | {s.server} | {s.users} | {s.rps:.0f} | {latency} | {non2xx} | "
-            f"{sock} | {s.peak_db_connections} | {s.peak_rss_mb:.0f} | "
+            f"{sock} | {db} | {f'{s.peak_rss_mb:.0f}' if s.peak_rss_mb else 'not sampled'} | "
             f"{s.server_cpu_percent:.0f} | {per_request} |"
         )
     lines += ["", "## Ratios (freightscale ÷ naive, same run)", ""]
@@ -624,18 +638,21 @@ def render_report(steps: list[Step], args: argparse.Namespace, command: str, cha
         if {"naive", "freightscale"} <= pair.keys():
             fs, nv = pair["freightscale"], pair["naive"]
             if min(fs.requests, nv.requests) < MIN_REQUESTS:
-                lines.append(
-                    f"| {users} | n/a (no responses) | n/a | "
-                    f"{fs.peak_db_connections} vs {nv.peak_db_connections} |"
-                )
+                lines.append(f"| {users} | n/a (no responses) | n/a | {_db(fs)} vs {_db(nv)} |")
                 continue
             lines.append(
                 f"| {users} | {fs.rps / max(nv.rps, 0.1):.2f}x | "
                 f"{fs.p95_ms / max(nv.p95_ms, 0.001):.2f}x | "
-                f"{fs.peak_db_connections} vs {nv.peak_db_connections} |"
+                f"{_db(fs)} vs {_db(nv)} |"
             )
     lines += ["", "## The target", "", *target_lines(steps, args.server)]
     return "\n".join(lines) + "\n"
+
+
+def _db(step: Step) -> str:
+    if step.peak_db_connections == SERVER_FULL:
+        return "all the server allows"
+    return str(step.peak_db_connections)
 
 
 def target_lines(steps: list[Step], server: str) -> list[str]:
