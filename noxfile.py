@@ -60,7 +60,7 @@ def docs(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     """Run the FreightOps example server on the embedded default (no services needed)."""
-    session.install("-e", ".[server,sqlite,cli]")
+    session.install("-e", ".[example]")
     session.run("python", "-m", "examples.freightops", *session.posargs)
 
 

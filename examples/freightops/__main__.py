@@ -24,7 +24,17 @@ def main(argv: list[str] | None = None) -> int:
         print("FreightOps needs uvicorn: pip install 'freightscale[server]'", file=sys.stderr)
         return 1
     base = f"http://{args.host}:{args.port}"
+    # The embedded default seeds demo data on its first start and serves
+    # plain-HTTP cookies; production sets these variables itself.
+    os.environ.setdefault("FREIGHTOPS_SEED_ON_STARTUP", "true")
+    os.environ.setdefault("FREIGHTSCALE_ENVIRONMENT", "development")
     print(f"FreightOps on {base}  (try {base}/api/v1/status, {base}/healthz, {base}/readyz)")
+    print(
+        "Demo logins (password 'freightops'): admin@acme.example, dispatcher@acme.example, "
+        "driver@acme.example, accountant@acme.example, viewer@globex.example\n"
+        f"  curl -s {base}/api/auth/login "
+        """-d '{"email":"dispatcher@acme.example","password":"freightops"}'"""
+    )
     sys.stdout.flush()
     from examples.freightops.app import app
 

@@ -1,41 +1,19 @@
-"""The FreightOps ASGI app: Starlette routes wrapped by ``build_stack``."""
+"""The app for ``uvicorn examples.freightops.app:app``, configured from the environment.
+
+``FREIGHTSCALE_*`` variables configure the library components (database,
+Redis, secrets, …) and ``FREIGHTOPS_*`` the example itself (profile, demo
+seeding). With none set it is the embedded default: SQLite and in-process
+memory stores. For several workers prefer the factory form, which builds
+one app per worker::
+
+    uvicorn --factory examples.freightops.application:create_app --workers 4
+"""
 
 from __future__ import annotations
 
-import time
+from examples.freightops.application import create_app
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
-
-import freightscale
-from freightscale.stack import Stack, build_stack
-
-_STARTED = time.monotonic()
-
-
-async def status(request: Request) -> JSONResponse:
-    """GET /api/v1/status: what this instance is and what it is connected to."""
-    stack: Stack = request.scope["freightscale"]["stack"]
-    return JSONResponse(
-        {
-            "service": "freightops",
-            "freightscale": freightscale.__version__,
-            "environment": stack.settings.environment,
-            "uptime_seconds": round(time.monotonic() - _STARTED, 3),
-            "redis": "configured" if stack.settings.redis.enabled else "embedded (memory)",
-            "components": list(stack.components),
-            "request_id": freightscale.get_request_id(),
-        }
-    )
-
-
-def create_app(settings: freightscale.FreightScaleSettings | None = None) -> Stack:
-    """Build the FreightOps app; ``settings`` default to the environment."""
-    routes = [Route("/api/v1/status", status, methods=["GET"])]
-    return build_stack(Starlette(routes=routes), settings)
-
+__all__ = ["app", "create_app"]
 
 app = create_app()
-"""The app for ``uvicorn examples.freightops.app:app``."""
+"""FreightOps built from the environment at import time."""

@@ -1,0 +1,161 @@
+"""Login with a password (→ access token + session cookie), logout, logout-everywhere."""
+
+from __future__ import annotations
+
+import time
+
+import anyio.to_thread
+from sqlalchemy import select, update
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from examples.freightops.models import Role, Tenant, User
+from examples.freightops.runtime import services
+from examples.freightops.security import hash_password, issue_token, verify_password
+from examples.freightops.standins import SESSION_COOKIE
+from examples.freightops.web import JSON, Body, Problem, body, principal
+
+__all__ = ["routes"]
+
+# Compared against when the email is unknown, so a miss costs as much as a hit
+# (no user enumeration by timing).
+_DUMMY_HASH = hash_password("not-a-password", iterations=120_000, salt=b"freightops-dummy")
+
+
+class Login(Body):
+    email: str
+    password: str
+
+
+async def login(request: Request) -> Response:
+    """``POST /api/auth/login``: check the password, open a session, issue a token."""
+    credentials = await body(request, Login)
+    svc = services(request)
+    async with svc.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(
+                    User.id,
+                    User.tenant_id,
+                    User.email,
+                    User.full_name,
+                    User.password_hash,
+                    User.is_active,
+                    Role.name.label("role"),
+                    Tenant.slug,
+                    Tenant.name.label("tenant_name"),
+                )
+                .join(Role, Role.id == User.role_id)
+                .join(Tenant, Tenant.id == User.tenant_id)
+                .where(User.email == credentials.email.strip().lower()[:200])
+            )
+        ).one_or_none()
+    stored = row.password_hash if row is not None else _DUMMY_HASH
+    # PBKDF2 takes tens of milliseconds: never on the event loop.
+    ok = await anyio.to_thread.run_sync(verify_password, credentials.password[:1024], stored)
+    if row is None or not ok or not row.is_active:
+        raise Problem(401, "invalid email or password")
+    ttl = svc.config.token_ttl
+    now = time.time()
+    session_id = await svc.sessions.create(
+        {
+            "user_id": row.id,
+            "tenant_id": row.tenant_id,
+            "role": row.role,
+            "created": now,
+            "exp": now + ttl,
+        },
+        ttl=ttl,
+    )
+    token, _claims = issue_token(
+        svc.secret,
+        user_id=row.id,
+        tenant_id=row.tenant_id,
+        role=row.role,
+        session_id=session_id,
+        ttl=ttl,
+        now=now,
+    )
+    response = JSON(
+        {
+            "access_token": token,
+            "token_type": "bearer",
+            "expires_in": ttl,
+            "user": {
+                "id": row.id,
+                "email": row.email,
+                "full_name": row.full_name,
+                "role": row.role,
+                "tenant": {"id": row.tenant_id, "slug": row.slug, "name": row.tenant_name},
+            },
+        }
+    )
+    response.set_cookie(
+        SESSION_COOKIE,
+        session_id,
+        max_age=ttl,
+        httponly=True,
+        samesite="lax",
+        secure=svc.settings.environment != "development",
+    )
+    return response
+
+
+async def logout(request: Request) -> Response:
+    """``POST /api/auth/logout``: end this session and revoke this token."""
+    who = principal(request)
+    svc = services(request)
+    session_id = who.claims.get("sid")
+    if session_id:
+        await svc.sessions.delete(str(session_id))
+    jti = who.claims.get("jti")
+    if jti:
+        remaining = max(1.0, float(who.claims.get("exp", 0)) - time.time() + 60)
+        await svc.store.set(f"jti:{jti}", b"1", expires_in=remaining)
+    response = Response(status_code=204)
+    response.delete_cookie(SESSION_COOKIE)
+    return response
+
+
+async def logout_everywhere(request: Request) -> Response:
+    """``POST /api/auth/logout-everywhere``: revoke every token and session of the user."""
+    who = principal(request)
+    svc = services(request)
+    now = time.time()
+    # The shared store answers every worker at once; the column keeps it after
+    # the store entry expires (and is what the naive profile reads).
+    await svc.store.set(
+        f"rev:{who.user_id}", repr(now).encode(), expires_in=svc.config.token_ttl + 120
+    )
+    async with svc.writer() as conn:
+        await conn.execute(
+            update(User).where(User.id == int(who.user_id)).values(tokens_valid_after=now)
+        )
+    session_id = who.claims.get("sid")
+    if session_id:
+        await svc.sessions.delete(str(session_id))
+    response = Response(status_code=204)
+    response.delete_cookie(SESSION_COOKIE)
+    return response
+
+
+async def me(request: Request) -> Response:
+    """``GET /api/auth/me``: who the request is authenticated as."""
+    who = principal(request)
+    return JSON(
+        {
+            "user_id": int(who.user_id),
+            "tenant_id": int(who.tenant_id or 0),
+            "roles": sorted(who.roles),
+            "permissions": sorted(who.scopes),
+        }
+    )
+
+
+routes = [
+    Route("/api/auth/login", login, methods=["POST"]),
+    Route("/api/auth/logout", logout, methods=["POST"]),
+    Route("/api/auth/logout-everywhere", logout_everywhere, methods=["POST"]),
+    Route("/api/auth/me", me, methods=["GET"]),
+]

@@ -1,0 +1,100 @@
+"""Tracking events: append to a shipment's timeline, read the timeline."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import insert, select
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from examples.freightops.models import Shipment, TrackingEvent
+from examples.freightops.runtime import services
+from examples.freightops.web import (
+    JSON,
+    Body,
+    Problem,
+    body,
+    cached,
+    int_param,
+    invalidate,
+    requires,
+)
+from examples.freightops.web import tenant_id as current_tenant
+
+__all__ = ["routes"]
+
+_EVENT_COLUMNS = (
+    TrackingEvent.id,
+    TrackingEvent.kind,
+    TrackingEvent.location,
+    TrackingEvent.note,
+    TrackingEvent.occurred_at,
+)
+
+
+class NewEvent(Body):
+    kind: str
+    location: str = ""
+    note: str = ""
+    occurred_at: dt.datetime | None = None
+
+
+async def _owned(conn: object, tid: int, shipment_id: int | None) -> None:
+    found = await conn.scalar(  # type: ignore[attr-defined]
+        select(Shipment.id).where(Shipment.id == shipment_id, Shipment.tenant_id == tid)
+    )
+    if found is None:
+        raise Problem(404, "no such shipment")
+
+
+@requires("tracking:read")
+@cached(lambda request: [f"timeline:{request.path_params['shipment_id']}"])
+async def timeline(request: Request) -> Response:
+    """``GET /api/shipments/{id}/events``: the shipment's events, oldest first."""
+    tid = current_tenant(request)
+    shipment_id = int_param(request, "shipment_id")
+    async with services(request).reader() as conn:
+        await _owned(conn, tid, shipment_id)
+        rows = (
+            await conn.execute(
+                select(*_EVENT_COLUMNS)
+                .where(TrackingEvent.tenant_id == tid, TrackingEvent.shipment_id == shipment_id)
+                .order_by(TrackingEvent.occurred_at, TrackingEvent.id)
+                .limit(500)
+            )
+        ).mappings()
+        return JSON({"shipment_id": shipment_id, "events": [dict(r) for r in rows]})
+
+
+@requires("tracking:write")
+async def append_event(request: Request) -> Response:
+    """``POST /api/shipments/{id}/events``: record a checkpoint, delay or note."""
+    event = await body(request, NewEvent)
+    if not 1 <= len(event.kind) <= 30:
+        raise Problem(422, "kind must have 1 to 30 characters")
+    tid = current_tenant(request)
+    shipment_id = int_param(request, "shipment_id")
+    async with services(request).writer() as conn:
+        await _owned(conn, tid, shipment_id)
+        new_id = await conn.scalar(
+            insert(TrackingEvent)
+            .values(
+                tenant_id=tid,
+                shipment_id=shipment_id,
+                kind=event.kind,
+                location=event.location[:60],
+                note=event.note[:2000],
+                occurred_at=event.occurred_at or dt.datetime.now(dt.UTC),
+            )
+            .returning(TrackingEvent.id)
+        )
+    await invalidate(request, f"timeline:{shipment_id}", f"shipment:{shipment_id}")
+    return JSON({"id": new_id, "shipment_id": shipment_id, "kind": event.kind}, status_code=201)
+
+
+routes = [
+    Route("/api/shipments/{shipment_id:int}/events", timeline, methods=["GET"]),
+    Route("/api/shipments/{shipment_id:int}/events", append_event, methods=["POST"]),
+]

@@ -1,0 +1,117 @@
+"""Passwords, access tokens and role permissions.
+
+Passwords are hashed with the standard library's PBKDF2-SHA256 (no extra
+dependency); hashes carry their own parameters so the cost can be raised
+later. Access tokens are HS256 JWTs signed with ``FREIGHTSCALE_AUTH__SECRET``
+so freightscale's authentication component verifies exactly what the login
+route issues.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import jwt
+
+from examples.freightops.models import ROLE_PERMISSIONS
+
+__all__ = [
+    "TOKEN_ISSUER",
+    "decode_token",
+    "hash_password",
+    "issue_token",
+    "permissions_for",
+    "verify_password",
+]
+
+TOKEN_ISSUER = "freightops"
+_ALGORITHM = "pbkdf2_sha256"
+
+
+def hash_password(password: str, *, iterations: int = 120_000, salt: bytes | None = None) -> str:
+    """Return ``pbkdf2_sha256$<iterations>$<salt>$<hash>`` for ``password``."""
+    salt = salt or secrets.token_bytes(16)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    return "$".join(
+        (_ALGORITHM, str(iterations), _b64(salt), _b64(digest)),
+    )
+
+
+def verify_password(password: str, encoded: str) -> bool:
+    """Check ``password`` against a hash from :func:`hash_password` in constant time."""
+    try:
+        algorithm, iterations, salt, digest = encoded.split("$")
+        rounds = int(iterations)
+    except ValueError:
+        return False
+    if algorithm != _ALGORITHM or not 1 <= rounds <= 10_000_000:
+        return False
+    candidate = hashlib.pbkdf2_hmac("sha256", password.encode(), _unb64(salt), rounds)
+    return hmac.compare_digest(candidate, _unb64(digest))
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def permissions_for(role: str) -> frozenset[str]:
+    """The permissions ``role`` grants (none for an unknown role)."""
+    return ROLE_PERMISSIONS.get(role, frozenset())
+
+
+def issue_token(
+    secret: str,
+    *,
+    user_id: int,
+    tenant_id: int,
+    role: str,
+    session_id: str,
+    ttl: int,
+    now: float | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """Sign an access token for a user's login session; return it and its claims.
+
+    ``iat`` is a float so that logout-everywhere (which revokes tokens issued
+    before an instant) never revokes a token issued in the same second after it.
+    """
+    issued = time.time() if now is None else now
+    claims: dict[str, Any] = {
+        "iss": TOKEN_ISSUER,
+        "sub": str(user_id),
+        "tenant": str(tenant_id),
+        "roles": [role],
+        "scope": " ".join(sorted(permissions_for(role))),
+        "sid": session_id,
+        "jti": uuid.uuid4().hex,
+        "iat": issued,
+        "exp": int(issued) + ttl,
+    }
+    return jwt.encode(claims, secret, algorithm="HS256"), claims
+
+
+def decode_token(secret: str, token: str, *, leeway: float = 30.0) -> Mapping[str, Any]:
+    """Verify an access token's signature, expiry and issuer; return its claims.
+
+    Raises:
+        jwt.InvalidTokenError: for any invalid token.
+    """
+    claims: Mapping[str, Any] = jwt.decode(
+        token,
+        secret,
+        algorithms=["HS256"],
+        issuer=TOKEN_ISSUER,
+        leeway=leeway,
+        options={"require": ["exp", "iat", "sub", "tenant", "sid"]},
+    )
+    return claims
