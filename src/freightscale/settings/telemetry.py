@@ -33,3 +33,10 @@ class TelemetrySettings(Section):
     metrics: bool = True
     """Record the request-duration histogram. Costs next to nothing until an
     OpenTelemetry SDK meter provider is installed."""
+
+    metrics_path: str = Field(default="", max_length=256, pattern=r"^(/[A-Za-z0-9_./-]*)?$")
+    """Serve the OpenTelemetry metrics in the Prometheus text format at this path
+    (``/metrics``); empty turns the endpoint off. Like the health paths it is
+    answered before every component but telemetry. Needs the ``otel`` extra;
+    ``build_stack`` installs an SDK meter provider with a Prometheus reader
+    unless the application already installed one (see the observability page)."""

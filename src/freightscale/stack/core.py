@@ -75,6 +75,9 @@ class Stack:
         if settings.health.enabled:
             inner = _HealthRouter(inner, health)
             self.components = ("health", *self.components)
+        if settings.telemetry.metrics_path:
+            inner = _metrics_router(inner, settings, health, self.options)
+            self.components = ("metrics", *self.components)
         if settings.telemetry.enabled:
             inner = TelemetryMiddleware(inner, settings.telemetry)
             self.components = ("telemetry", *self.components)
@@ -268,6 +271,43 @@ class _HealthRouter:
         await self.app(scope, receive, send)
 
 
+def _metrics_router(
+    app: ASGIApp, settings: FreightScaleSettings, health: HealthApp, options: Mapping[str, Any]
+) -> ASGIApp:
+    """Serve the Prometheus endpoint at ``metrics_path`` in front of ``app``."""
+    from freightscale.exceptions import ConfigurationError
+    from freightscale.telemetry.prometheus import MetricsApp, install_prometheus
+
+    path = settings.telemetry.metrics_path
+    if settings.health.enabled and path in health.paths:
+        raise ConfigurationError(
+            f"telemetry.metrics_path {path!r} is also a health path; give it its own path"
+        )
+    registry = options.get("metrics_registry")
+    install_prometheus(options.get("meter_provider"), registry=registry)
+    return _MetricsRouter(app, MetricsApp(registry), path)
+
+
+class _MetricsRouter:
+    """Answers ``metrics_path`` before any component below telemetry sees it."""
+
+    def __init__(self, app: ASGIApp, metrics: ASGIApp, path: str) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            root: str = scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root) :] or "/"
+            if path == self.path:
+                await self.metrics(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def build_stack(
     app: ASGIApp,
     settings: FreightScaleSettings | None = None,
@@ -289,8 +329,10 @@ def build_stack(
             loader for the authentication layer's RBAC cache.
         options: live objects other components accept, kept in
             ``stack.options``: ``ratelimit_plan_loader`` (per-tenant limits,
-            see the rate-limiting page) and ``purge_hook`` (a CDN purge
-            callable, see the caching page).
+            see the rate-limiting page), ``purge_hook`` (a CDN purge
+            callable, see the caching page), and for ``telemetry.metrics_path``
+            ``meter_provider`` (the app's own SDK provider) and
+            ``metrics_registry`` (the ``prometheus_client`` registry to serve).
 
     Returns:
         The :class:`Stack`: an ASGI app that also holds the shared resources.
