@@ -33,9 +33,25 @@ from freightscale.types import Receive, Scope, Send
 if TYPE_CHECKING:
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.view import View
     from prometheus_client import CollectorRegistry
 
-__all__ = ["MetricsApp", "install_prometheus", "prometheus_reader"]
+__all__ = [
+    "SECONDS_BUCKETS",
+    "MetricsApp",
+    "install_prometheus",
+    "metric_views",
+    "prometheus_reader",
+]
+
+SECONDS_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1,
+    0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+"""Bucket bounds of freightscale's duration histograms (unit ``s``).
+
+The SDK's default bounds (0, 5, 10, 25 ... 10000) suit milliseconds: in
+seconds they would put every request in the first bucket."""
 
 logger = logging.getLogger("freightscale.telemetry")
 
@@ -76,6 +92,32 @@ def prometheus_reader(registry: CollectorRegistry | None = None) -> PrometheusMe
     return PrometheusMetricReader(registry=registry)
 
 
+def metric_views() -> list[View]:
+    """Return the SDK views freightscale's histograms need (second-scale buckets).
+
+    Pass them to your own ``MeterProvider(views=...)`` when you build it
+    yourself; :func:`install_prometheus` uses them for the provider it builds.
+
+    Raises:
+        MissingDependencyError: the ``otel`` extra is not installed.
+    """
+    try:
+        from opentelemetry.sdk.metrics import Histogram
+        from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "opentelemetry-sdk", extra="otel", feature="the freightscale metric views"
+        ) from exc
+    return [
+        View(
+            instrument_type=Histogram,
+            instrument_name="freightscale.*",
+            instrument_unit="s",
+            aggregation=ExplicitBucketHistogramAggregation(SECONDS_BUCKETS),
+        )
+    ]
+
+
 def install_prometheus(
     meter_provider: MeterProvider | None = None,
     *,
@@ -95,9 +137,9 @@ def install_prometheus(
       up): that provider is returned unchanged, with a warning when it has
       no Prometheus reader — the endpoint would then stay empty.
     * otherwise: a new SDK ``MeterProvider`` with a Prometheus reader on
-      ``registry`` is set as the global provider and returned. freightscale's
-      instruments, created on the API's proxy meter, start recording into it
-      from then on, even those created before the call.
+      ``registry`` and :func:`metric_views` is set as the global provider
+      and returned. freightscale's instruments, created on the API's proxy
+      meter, record into it from then on, even those created before the call.
 
     Call it once at process start-up (``build_stack`` calls it when
     ``metrics_path`` is set); repeated calls return the same provider.
@@ -131,7 +173,9 @@ def install_prometheus(
                     "freightscale.telemetry.prometheus.prometheus_reader() to its metric_readers"
                 )
             return current
-        provider = SdkMeterProvider(metric_readers=[prometheus_reader(registry)])
+        provider = SdkMeterProvider(
+            metric_readers=[prometheus_reader(registry)], views=metric_views()
+        )
         metrics.set_meter_provider(provider)
         return provider
 
