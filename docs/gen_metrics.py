@@ -92,13 +92,6 @@ OTHER_METRICS: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
         "Read-your-writes marker store failures (reads went to the primary).",
         (),
     ),
-    (
-        "freightscale.store.expired_swept",
-        "counter",
-        "{row}",
-        "Expired rows deleted by the PostgreSQL store's sweeper.",
-        ("store.backend",),
-    ),
 )
 
 

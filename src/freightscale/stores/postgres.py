@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
-from opentelemetry import metrics
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -66,17 +65,11 @@ from freightscale.exceptions import (
     StoreUnavailableError,
 )
 from freightscale.stores.base import Store, join_namespace
+from freightscale.telemetry import get_counter
 
 __all__ = ["PostgresStore"]
 
 _log = logging.getLogger("freightscale.stores.postgres")
-_meter = metrics.get_meter("freightscale")
-_swept = _meter.create_counter(
-    "freightscale.store.expired_swept", unit="{row}", description="Expired store rows deleted"
-)
-_errors = _meter.create_counter(
-    "freightscale.store.errors", unit="{error}", description="Store operations that failed"
-)
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _DRIVERS = ("postgresql", "postgres", "postgresql+asyncpg")
@@ -102,7 +95,7 @@ def _translate(exc: BaseException, *, data_error: str | None = None) -> Exceptio
         or (sqlstate is None and type(exc).__module__.startswith("asyncpg"))
     )
     kind = "unavailable" if unavailable else "error"
-    _errors.add(1, {"store.backend": "postgresql", "error.type": kind})
+    get_counter("freightscale.store.errors").add(1, {"store": "postgres", "operation": kind})
     if isinstance(exc, TimeoutError):
         message = "PostgreSQL did not answer in time"
     else:
@@ -567,7 +560,7 @@ class PostgresStore:
                 break
             await asyncio.sleep(0)  # let requests run between batches
         if total:
-            _swept.add(total, {"store.backend": "postgresql"})
+            get_counter("freightscale.store.expired_swept").add(total, {"store": "postgres"})
         return total
 
     def start_sweeper(self) -> None:

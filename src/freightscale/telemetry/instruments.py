@@ -94,6 +94,13 @@ _SPECS: tuple[MetricSpec, ...] = (
         "Store operations that raised StoreError.",
         ("store", "operation"),
     ),
+    MetricSpec(
+        "freightscale.store.expired_swept",
+        "counter",
+        "{row}",
+        "Expired rows deleted by the PostgreSQL store's sweeper.",
+        ("store",),
+    ),
     # health
     MetricSpec(
         "freightscale.health.check.duration",
