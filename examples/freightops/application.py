@@ -2,15 +2,15 @@
 
 The request path, outermost first::
 
-    build_stack:  telemetry → health (/healthz, /readyz) → errors → database
-    example:      authentication (stand-in) → per-tenant plan limits (stand-in)
-                  → freightscale response cache → freightscale compression
+    build_stack:  telemetry → health (/healthz, /readyz) → errors
+                  → freightscale.auth (bearer JWT, RBAC, revocation)
+                  → response cache (keyed on the verified principal)
+                  → compression → database
+    example:      cookie login (stand-in) → per-tenant plan limits (stand-in)
     app:          Starlette routes from examples/freightops/features/*
-                  (indexed router), tagging their responses for the cache
+                  (indexed router), guarded by ``require_permission`` and
+                  tagging their responses for the cache
 
-The cache and compression are placed here, inside the example's
-authentication, because the cache must see the tenant and the verified
-role; once authentication is a ``build_stack`` layer they become settings.
 The naive profile keeps only the error handler and swaps in the legacy
 authentication (file sessions + a permission query per request).
 """
@@ -20,7 +20,9 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Literal
 
+from pydantic import SecretStr
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -32,11 +34,11 @@ from examples.freightops.config import AppConfig
 from examples.freightops.features import all_routes
 from examples.freightops.naive import NaiveAuthMiddleware
 from examples.freightops.runtime import Services, services
+from examples.freightops.security import TOKEN_ISSUER, permission_loader
 from examples.freightops.seed import prepare_database
-from examples.freightops.standins import ROLE_HEADER, AuthMiddleware, PlanRateLimitMiddleware
+from examples.freightops.standins import CookieLoginMiddleware, PlanRateLimitMiddleware
 from examples.freightops.web import JSON, Problem, database_error_handler, problem_handler
-from freightscale.caching import ResponseCacheMiddleware
-from freightscale.compression import CompressionMiddleware
+from freightscale.auth import AuthSettings, TokenIssuer
 from freightscale.errors import ErrorMiddleware
 from freightscale.routing import use_indexed_router
 from freightscale.settings import FreightScaleSettings
@@ -85,19 +87,24 @@ async def status(request: Request) -> Response:
 def cache_settings(settings: FreightScaleSettings, config: AppConfig) -> CacheSettings:
     """The response cache's rules for FreightOps' read routes.
 
-    Every rule is tenant-scoped and varies on the verified role header, so a
-    cached body is only ever served to the same tenant *and* role (whose
-    permission check it passed). Handlers tag their responses (``@cached``)
-    and writes invalidate those tags; the dashboard is TTL-only.
+    The cache runs inside ``freightscale.auth`` in the stack, so it keys on
+    the verified principal. A cache hit is answered before the route's
+    ``require_permission`` runs, so a body may only be shared by requests
+    that would all pass that check: ``tenant`` scope for the shipment reads
+    (every role holds ``shipments:read``), ``user`` scope for the routes only
+    some roles may read (a driver never gets an accountant's cached invoices).
+    Handlers tag their responses (``@cached``) and writes invalidate those
+    tags; the dashboard is TTL-only.
     """
-    role = ROLE_HEADER.decode()
 
-    def rule(path: str, ttl: float = config.list_cache_ttl) -> CacheRule:
-        return CacheRule(path=path, scope="tenant", ttl=ttl, vary=(role,))
+    def rule(
+        path: str, scope: Literal["tenant", "user"] = "user", ttl: float = config.list_cache_ttl
+    ) -> CacheRule:
+        return CacheRule(path=path, scope=scope, ttl=ttl)
 
     rules = (
-        rule("/api/shipments"),
-        rule("/api/shipments/{id}"),
+        rule("/api/shipments", "tenant"),
+        rule("/api/shipments/{id}", "tenant"),
         rule("/api/shipments/{id}/events"),
         rule("/api/loads"),
         rule("/api/carriers"),
@@ -109,6 +116,27 @@ def cache_settings(settings: FreightScaleSettings, config: AppConfig) -> CacheSe
         rule("/api/dashboard", ttl=config.dashboard_cache_ttl),
     )
     return settings.cache.model_copy(update={"enabled": True, "rules": rules})
+
+
+def auth_settings(settings: FreightScaleSettings, svc: Services) -> AuthSettings:
+    """freightscale.auth for FreightOps: HS256 tokens the login route issues.
+
+    ``FREIGHTSCALE_AUTH__*`` still configure everything else (cache sizes,
+    revocation fail mode, …); the example only turns the layer on, fills in
+    the per-process secret of the embedded demo, and makes a revocation
+    outlive the longest token.
+    """
+    current = settings.auth
+    retention = max(current.revocation_retention, float(svc.config.token_ttl + 120))
+    return current.model_copy(
+        update={
+            "enabled": True,
+            "secret": SecretStr(svc.secret),
+            "issuer": current.issuer or TOKEN_ISSUER,
+            "required_claims": sorted({*current.required_claims, "tenant"}),
+            "revocation_retention": min(retention, 30 * 86_400.0),
+        }
+    )
 
 
 def create_app(
@@ -156,24 +184,27 @@ def create_app(
 
     # Route dispatch that does not try every route's regex in turn.
     use_indexed_router(app)
-    # The documented order inside the stack: auth → limits → cache → compression → app.
-    # Until auth is a build_stack layer, the example places the cache and the
-    # compression itself, inside its authentication (the cache must see the tenant).
-    inner: ASGIApp = CompressionMiddleware(app, settings.compression)
-    cache = ResponseCacheMiddleware(inner, cache_settings(settings, config), store=svc.root_store)
-    svc.response_cache = cache.cache
-    inner = cache
-    inner = PlanRateLimitMiddleware(inner, svc)
-    inner = AuthMiddleware(inner, svc)
-    # telemetry → health (/healthz, /readyz) → errors → database → the example's layers.
-    off = {"enabled": False}
+    # build_stack places every layer, outermost first: telemetry → health →
+    # errors → auth (bearer JWT) → rate limits → cache → compression → database.
+    # The web login's cookie is turned into a principal next to the routes.
+    inner: ASGIApp = PlanRateLimitMiddleware(app, svc)
+    inner = CookieLoginMiddleware(inner, svc)
+    on = {"enabled": True}
     stack_settings = settings.model_copy(
         update={
-            "cache": settings.cache.model_copy(update=off),
-            "compression": settings.compression.model_copy(update=off),
+            "auth": auth_settings(settings, svc),
+            "cache": cache_settings(settings, config),
+            "compression": settings.compression.model_copy(update=on),
         }
     )
-    stack = build_stack(inner, stack_settings)
+    stack = build_stack(
+        inner,
+        stack_settings,
+        permission_loader=permission_loader(lambda: svc.read_engine),
+    )
+    svc.auth = stack.layers["auth"].authenticator
+    svc.issuer = TokenIssuer(stack_settings.auth)
+    svc.response_cache = stack.layers["cache"].cache
     database = getattr(stack, "database", None)
     if database is not None:
         # FREIGHTSCALE_DATABASE__ENABLED: the stack owns the engines (and checks

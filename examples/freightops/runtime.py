@@ -19,6 +19,7 @@ from starlette.requests import HTTPConnection
 from examples.freightops.config import AppConfig
 from examples.freightops.naive import FileSessionStore
 from examples.freightops.standins import SessionBackend, StoreSessions
+from freightscale.auth import Authenticator, TokenIssuer
 from freightscale.caching import CacheBackend
 from freightscale.db import Engines, create_engines
 from freightscale.settings import FreightScaleSettings
@@ -43,6 +44,10 @@ class Services:
     sessions: SessionBackend
     response_cache: CacheBackend | None = None
     """freightscale's response cache, for invalidation from write handlers."""
+    auth: Authenticator | None = None
+    """freightscale's authenticator (revocations, RBAC cache); None in the naive profile."""
+    issuer: TokenIssuer | None = None
+    """Signs access tokens at login; None in the naive profile."""
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -1,4 +1,4 @@
-"""Small local stand-ins for freightscale components that have not landed yet.
+"""Local stand-ins the example still uses (and the legacy helpers of the naive profile).
 
 Each class here is the *simplest* thing that behaves like the component for
 the example, and each says which component replaces it. They use the shared
@@ -13,14 +13,14 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-import jwt
 import orjson
 from starlette.datastructures import Headers
 from starlette.requests import cookie_parser
 
-from examples.freightops.security import decode_token, permissions_for
-from freightscale.context import Principal, bind_principal
+from examples.freightops.security import permissions_for
+from freightscale.context import Principal, bind_principal, get_principal
 from freightscale.errors import problem_response
+from freightscale.exceptions import FreightScaleError
 from freightscale.stores import Store
 from freightscale.types import ASGIApp, Receive, Scope, Send
 
@@ -28,9 +28,9 @@ if TYPE_CHECKING:
     from examples.freightops.runtime import Services
 
 __all__ = [
-    "ROLE_HEADER",
     "SESSION_COOKIE",
-    "AuthMiddleware",
+    "CookieLoginMiddleware",
+    "PlanRateLimitMiddleware",
     "SessionBackend",
     "StoreSessions",
     "Unauthenticated",
@@ -38,9 +38,6 @@ __all__ = [
 ]
 
 SESSION_COOKIE = "fo_session"
-ROLE_HEADER = b"x-freightops-role"
-"""Request header the auth middleware sets to the verified principal's roles
-(any client-sent value is dropped), so the response cache can key by role."""
 
 _json_encode = orjson.dumps
 
@@ -126,13 +123,14 @@ def make_principal(
     user_id: str, tenant_id: str, role: str, claims: Mapping[str, Any], *, permissions: Any = None
 ) -> Principal:
     """Build the request's principal; permissions default to the role's."""
-    scopes = frozenset(permissions) if permissions is not None else permissions_for(role)
+    granted = frozenset(permissions) if permissions is not None else permissions_for(role)
     return Principal(
         user_id=user_id,
         tenant_id=tenant_id,
         roles=frozenset({role}),
-        scopes=scopes,
+        scopes=granted,
         claims=dict(claims),
+        permissions=granted,
     )
 
 
@@ -150,100 +148,60 @@ def credentials(scope: Scope) -> tuple[str | None, str | None]:
     return token, session_id
 
 
-async def _unauthorized(scope: Scope, receive: Receive, send: Send, detail: str) -> None:
-    response = problem_response(
-        401,
-        detail=detail,
-        instance=scope.get("path"),
-        headers={"WWW-Authenticate": 'Bearer realm="freightops"'},
-    )
-    await response(scope, receive, send)
+class CookieLoginMiddleware:
+    """Authenticate the web login's session cookie when no bearer token did.
 
+    ``freightscale.auth`` (a ``build_stack`` layer) verifies bearer tokens and
+    binds their principal before the rate limits and the response cache run.
+    A browser that logged in carries only the ``fo_session`` cookie; this
+    layer, wrapped around the routes (so inside the stack), binds the
+    session's user for such requests. Its permissions come from the same
+    RBAC cache as a token's, and logout-everywhere reaches it through the
+    same revocation list. A stale, unknown or revoked cookie is ignored
+    (anonymous; routes that need a user answer 401), never an error.
 
-class AuthMiddleware:
-    """Verify the bearer token (or the session cookie) and bind the principal.
+    Requests authenticated this way are not answered from the response cache
+    (the cache runs before this layer and sees no principal: it bypasses).
 
-    A request without credentials goes through anonymous (routes that need a
-    user answer 401); invalid, expired or revoked credentials get a 401 here.
-    Revocation (logout, logout-everywhere) is checked in the shared store, so a
-    token revoked on one worker is refused by every other.
-
-    TODO(auth component): replace with ``freightscale.auth``'s middleware
-    (verification cache, revocation, RBAC permission cache) once it lands.
+    TODO(sessions component): the session *data* moves to
+    ``freightscale.sessions``; a cookie must still be turned into a principal
+    here, because the sessions layer runs inside auth.
     """
 
     def __init__(self, app: ASGIApp, services: Services) -> None:
-        from cachetools import TTLCache
-
         self.app = app
         self.services = services
-        # Verified claims by token: signature checks are skipped for tokens seen
-        # in the last minute (expiry is still checked; revocation always is).
-        self._verified: TTLCache[str, Mapping[str, Any]] = TTLCache(maxsize=10_000, ttl=60)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or get_principal(scope) is not None:
             await self.app(scope, receive, send)
             return
-        try:
-            principal = await self.authenticate(scope)
-        except Unauthenticated as exc:
-            await _unauthorized(scope, receive, send, str(exc))
+        _token, session_id = credentials(scope)
+        principal = await self.authenticate(session_id) if session_id else None
+        if principal is None:
+            await self.app(scope, receive, send)
             return
-        headers = [(k, v) for k, v in scope["headers"] if k != ROLE_HEADER]
-        if principal is not None:
-            headers.append((ROLE_HEADER, ",".join(sorted(principal.roles)).encode()))
-        scope["headers"] = headers
         with bind_principal(principal, scope):
             await self.app(scope, receive, send)
 
-    def _verify(self, token: str) -> Mapping[str, Any]:
-        claims = self._verified.get(token)
-        if claims is not None and float(claims["exp"]) > time.time():
-            return claims
-        try:
-            claims = decode_token(self.services.secret, token)
-        except jwt.InvalidTokenError as exc:
-            raise Unauthenticated(f"invalid access token: {exc}") from None
-        self._verified[token] = claims
-        return claims
-
-    async def authenticate(self, scope: Scope) -> Principal | None:
-        """Return the principal for the request's credentials (None: anonymous)."""
-        token, session_id = credentials(scope)
-        store = self.services.store
-        if token is not None:
-            claims = self._verify(token)
-            logged_out, not_before = await get_many(
-                store, [f"jti:{claims.get('jti', '')}", f"rev:{claims['sub']}"]
-            )
-            if logged_out is not None:
-                raise Unauthenticated("this token was logged out")
-            if not_before is not None and float(claims["iat"]) <= float(not_before):
-                raise Unauthenticated("all sessions of this user were logged out")
-            roles = claims.get("roles") or [""]
-            return make_principal(str(claims["sub"]), str(claims["tenant"]), str(roles[0]), claims)
-        if session_id is not None:
-            # A stale or unknown cookie is ignored (anonymous), never an error:
-            # it must not stop the browser from logging in again.
-            data = await self.services.sessions.get(session_id)
-            if data is None or float(data.get("exp", 0)) < time.time():
-                return None
+    async def authenticate(self, session_id: str) -> Principal | None:
+        """The principal of a live, unrevoked login session (None otherwise)."""
+        data = await self.services.sessions.get(session_id)
+        if data is None or float(data.get("exp", 0)) < time.time():
+            return None
+        user, tenant, role = str(data["user_id"]), str(data["tenant_id"]), str(data["role"])
+        auth = self.services.auth
+        permissions: frozenset[str] | None = None
+        if auth is not None:
             try:
-                await _check_not_revoked(store, str(data["user_id"]), float(data["created"]))
-            except Unauthenticated:
-                return None
-            claims = dict(data, sid=session_id)
-            return make_principal(
-                str(data["user_id"]), str(data["tenant_id"]), str(data["role"]), claims
-            )
-        return None
-
-
-async def _check_not_revoked(store: Store, user_id: str, issued_at: float) -> None:
-    raw = await store.get(f"rev:{user_id}")
-    if raw is not None and issued_at <= float(raw):
-        raise Unauthenticated("all sessions of this user were logged out")
+                if await auth.revocations.is_revoked(None, user, tenant, float(data["created"])):
+                    return None
+                if auth.permissions is not None:
+                    permissions = await auth.permissions.get(tenant, frozenset({role}))
+            except FreightScaleError:
+                return None  # revocation store down and failing closed: no cookie login
+        claims = dict(data, sid=session_id)
+        return make_principal(user, tenant, role, claims, permissions=permissions)
 
 
 class PlanRateLimitMiddleware:

@@ -88,7 +88,8 @@ def test_status_route(server: str) -> None:
     assert body["service"] == "freightops"
     assert body["request_id"] == "e2e-1"
     assert body["redis"] == "embedded (memory)"
-    assert body["components"] == ["telemetry", "health", "errors"]
+    # Authentication, the response cache and compression are build_stack layers.
+    assert body["components"] == ["telemetry", "health", "errors", "auth", "cache", "compression"]
 
 
 def test_unknown_route_is_a_plain_404(server: str) -> None:

@@ -13,6 +13,7 @@ from examples.freightops.security import (
     decode_token,
     hash_password,
     issue_token,
+    permission_loader,
     permissions_for,
     verify_password,
 )
@@ -144,3 +145,47 @@ async def test_unreachable_database_answers_503_problem(tmp_path: Path) -> None:
     assert response.headers["content-type"] == "application/problem+json"
     assert response.headers["retry-after"] == "2"
     assert response.json()["reason"] == "unavailable"
+
+
+async def test_permission_loader_reads_the_roles_table(fo_database_url: str) -> None:
+    from examples.freightops.models import Role
+    from sqlalchemy import update
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(fo_database_url)
+    try:
+        load = permission_loader(lambda: engine)
+        assert await load("1", frozenset({"driver"})) == ROLE_PERMISSIONS["driver"]
+        both = await load("1", frozenset({"driver", "accountant"}))
+        assert both == ROLE_PERMISSIONS["driver"] | ROLE_PERMISSIONS["accountant"]
+        assert await load("1", frozenset({"no-such-role"})) == frozenset()
+        # The table decides, not the built-in grants.
+        async with engine.begin() as conn:
+            await conn.execute(
+                update(Role).where(Role.name == "viewer").values(permissions="shipments:read")
+            )
+        try:
+            assert await load("1", frozenset({"viewer"})) == {"shipments:read"}
+        finally:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    update(Role)
+                    .where(Role.name == "viewer")
+                    .values(permissions=" ".join(sorted(ROLE_PERMISSIONS["viewer"])))
+                )
+    finally:
+        await engine.dispose()
+
+
+async def test_permission_loader_falls_back_to_built_in_grants_when_db_is_down() -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from tests.servers import free_port
+
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nothing"
+    engine = create_async_engine(url, connect_args={"timeout": 1})
+    try:
+        load = permission_loader(lambda: engine)
+        assert await load("1", frozenset({"dispatcher"})) == ROLE_PERMISSIONS["dispatcher"]
+    finally:
+        await engine.dispose()

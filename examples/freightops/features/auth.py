@@ -68,15 +68,26 @@ async def login(request: Request) -> Response:
         },
         ttl=ttl,
     )
-    token, _claims = issue_token(
-        svc.secret,
-        user_id=row.id,
-        tenant_id=row.tenant_id,
-        role=row.role,
-        session_id=session_id,
-        ttl=ttl,
-        now=now,
-    )
+    if svc.issuer is not None:
+        # freightscale.auth's issuer: the stack's auth layer verifies what it signs
+        # (same FREIGHTSCALE_AUTH__* settings), with a random jti and a sub-second iat.
+        token = svc.issuer.issue(
+            str(row.id),
+            tenant=str(row.tenant_id),
+            roles=[row.role],
+            ttl=ttl,
+            claims={"sid": session_id},
+        )
+    else:  # the naive profile's legacy tokens
+        token, _claims = issue_token(
+            svc.secret,
+            user_id=row.id,
+            tenant_id=row.tenant_id,
+            role=row.role,
+            session_id=session_id,
+            ttl=ttl,
+            now=now,
+        )
     response = JSON(
         {
             "access_token": token,
@@ -110,7 +121,12 @@ async def logout(request: Request) -> Response:
     if session_id:
         await svc.sessions.delete(str(session_id))
     jti = who.claims.get("jti")
-    if jti:
+    if jti and svc.auth is not None:
+        # Every worker refuses it from now on (pub/sub; a stream read as the bound).
+        await svc.auth.revocations.revoke_token(
+            str(jti), expires_at=float(who.claims.get("exp", 0)) + 60
+        )
+    elif jti:  # the naive profile's tokens end with their session file
         remaining = max(1.0, float(who.claims.get("exp", 0)) - time.time() + 60)
         await svc.store.set(f"jti:{jti}", b"1", expires_in=remaining)
     response = Response(status_code=204)
@@ -123,11 +139,11 @@ async def logout_everywhere(request: Request) -> Response:
     who = principal(request)
     svc = services(request)
     now = time.time()
-    # The shared store answers every worker at once; the column keeps it after
-    # the store entry expires (and is what the naive profile reads).
-    await svc.store.set(
-        f"rev:{who.user_id}", repr(now).encode(), expires_in=svc.config.token_ttl + 120
-    )
+    if svc.auth is not None:
+        # freightscale.auth's revocation list: every token (and, through the cookie
+        # login, every session) of the user issued before now, on every worker.
+        await svc.auth.revocations.revoke_user(who.user_id, who.tenant_id, before=now)
+    # The column is what the naive profile reads (a query per request).
     async with svc.writer() as conn:
         await conn.execute(
             update(User).where(User.id == int(who.user_id)).values(tokens_valid_after=now)
