@@ -3,10 +3,11 @@
 The request path, outermost first::
 
     build_stack:  telemetry → health (/healthz, /readyz) → errors
-                  → freightscale.auth (bearer JWT, RBAC, revocation)
+                  → [per-IP limits] → freightscale.auth (bearer JWT, RBAC, revocation)
+                  → per-tenant limits by plan (freightscale.ratelimit)
                   → response cache (keyed on the verified principal)
                   → compression → database
-    example:      cookie login (stand-in) → per-tenant plan limits (stand-in)
+    example:      cookie login (stand-in)
     app:          Starlette routes from examples/freightops/features/*
                   (indexed router), guarded by ``require_permission`` and
                   tagging their responses for the cache
@@ -34,15 +35,16 @@ from examples.freightops.config import AppConfig
 from examples.freightops.features import all_routes
 from examples.freightops.naive import NaiveAuthMiddleware
 from examples.freightops.runtime import Services, services
-from examples.freightops.security import TOKEN_ISSUER, permission_loader
+from examples.freightops.security import TOKEN_ISSUER, permission_loader, plan_loader
 from examples.freightops.seed import prepare_database
-from examples.freightops.standins import CookieLoginMiddleware, PlanRateLimitMiddleware
+from examples.freightops.standins import CookieLoginMiddleware
 from examples.freightops.web import JSON, Problem, database_error_handler, problem_handler
 from freightscale.auth import AuthSettings, TokenIssuer
 from freightscale.errors import ErrorMiddleware
 from freightscale.routing import use_indexed_router
 from freightscale.settings import FreightScaleSettings
 from freightscale.settings.cache import CacheRule, CacheSettings
+from freightscale.settings.ratelimit import RateLimitSettings
 from freightscale.stack import build_stack
 from freightscale.types import ASGIApp
 
@@ -139,6 +141,25 @@ def auth_settings(settings: FreightScaleSettings, svc: Services) -> AuthSettings
     )
 
 
+def ratelimit_settings(settings: FreightScaleSettings, config: AppConfig) -> RateLimitSettings:
+    """freightscale.ratelimit for FreightOps: one rule per tenant, limits by plan.
+
+    The rule is keyed by ``tenant`` (the principal auth verified; requests
+    without one, e.g. the login itself, count per client IP) and the plan
+    loader gives each tenant its plan's limits. Unless set in the
+    environment, the rule's own limits (used when the plan cannot be read)
+    are the ``standard`` plan's and the strategy is the cheap fixed window.
+    ``FREIGHTSCALE_RATELIMIT__IP_LIMITS`` adds the per-IP layer outside auth.
+    """
+    current = settings.ratelimit
+    update: dict[str, object] = {"enabled": True, "key": "tenant"}
+    if "default" not in current.model_fields_set:
+        update["default"] = config.plan_limits.get("standard", current.default)
+    if "strategy" not in current.model_fields_set:
+        update["strategy"] = "fixed-window"
+    return current.model_copy(update=update)
+
+
 def create_app(
     settings: FreightScaleSettings | None = None, config: AppConfig | None = None
 ) -> ASGIApp:
@@ -185,14 +206,15 @@ def create_app(
     # Route dispatch that does not try every route's regex in turn.
     use_indexed_router(app)
     # build_stack places every layer, outermost first: telemetry → health →
-    # errors → auth (bearer JWT) → rate limits → cache → compression → database.
+    # errors → [per-IP limits] → auth (bearer JWT) → per-tenant limits → cache
+    # → compression → database.
     # The web login's cookie is turned into a principal next to the routes.
-    inner: ASGIApp = PlanRateLimitMiddleware(app, svc)
-    inner = CookieLoginMiddleware(inner, svc)
+    inner: ASGIApp = CookieLoginMiddleware(app, svc)
     on = {"enabled": True}
     stack_settings = settings.model_copy(
         update={
             "auth": auth_settings(settings, svc),
+            "ratelimit": ratelimit_settings(settings, config),
             "cache": cache_settings(settings, config),
             "compression": settings.compression.model_copy(update=on),
         }
@@ -201,6 +223,7 @@ def create_app(
         inner,
         stack_settings,
         permission_loader=permission_loader(lambda: svc.read_engine),
+        ratelimit_plan_loader=plan_loader(lambda: svc.read_engine, config.plan_limits),
     )
     svc.auth = stack.layers["auth"].authenticator
     svc.issuer = TokenIssuer(stack_settings.auth)

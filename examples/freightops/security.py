@@ -16,7 +16,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import jwt
@@ -32,6 +32,7 @@ __all__ = [
     "issue_token",
     "permission_loader",
     "permissions_for",
+    "plan_loader",
     "verify_password",
 ]
 
@@ -169,5 +170,32 @@ def permission_loader(
             logger.info("roles table reachable again")
         outage = False
         return granted
+
+    return load
+
+
+def plan_loader(
+    engine: Callable[[], AsyncEngine], plan_limits: Mapping[str, str]
+) -> Callable[[str], Awaitable[str | None]]:
+    """The per-tenant limits for ``freightscale.ratelimit`` (``ratelimit_plan_loader=``).
+
+    Reads the tenant's plan (``tenants.plan``) and answers its limits from
+    ``FREIGHTOPS_PLAN_LIMITS`` (``None``: the rule's own limits). The rate
+    limiter caches the answer (``FREIGHTSCALE_RATELIMIT__PLAN_CACHE_TTL``) and
+    falls back to the rule's own limits when this raises or times out.
+    """
+
+    async def load(tenant_id: str) -> str | None:
+        from sqlalchemy import select
+
+        from examples.freightops.models import Tenant
+
+        try:
+            key = int(tenant_id)
+        except ValueError:
+            return None
+        async with engine().connect() as conn:
+            plan = await conn.scalar(select(Tenant.plan).where(Tenant.id == key))
+        return plan_limits.get(str(plan or "free"))
 
     return load

@@ -19,7 +19,6 @@ from starlette.requests import cookie_parser
 
 from examples.freightops.security import permissions_for
 from freightscale.context import Principal, bind_principal, get_principal
-from freightscale.errors import problem_response
 from freightscale.exceptions import FreightScaleError
 from freightscale.stores import Store
 from freightscale.types import ASGIApp, Receive, Scope, Send
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
 __all__ = [
     "SESSION_COOKIE",
     "CookieLoginMiddleware",
-    "PlanRateLimitMiddleware",
     "SessionBackend",
     "StoreSessions",
     "Unauthenticated",
@@ -202,95 +200,3 @@ class CookieLoginMiddleware:
                 return None  # revocation store down and failing closed: no cookie login
         claims = dict(data, sid=session_id)
         return make_principal(user, tenant, role, claims, permissions=permissions)
-
-
-class PlanRateLimitMiddleware:
-    """Per-tenant request limits by plan (``free`` / ``standard`` / ``enterprise``).
-
-    Runs after authentication (it needs the tenant); anonymous requests pass.
-    Counters live in Redis when configured (shared by every worker) through
-    the ``limits`` package; when Redis fails the request is let through
-    (fail open) and the failure is logged once per outage.
-
-    TODO(ratelimit component): replace with ``freightscale.ratelimit``
-    (per-IP + per-tenant rules, headers, fallbacks) once it lands on main.
-    """
-
-    def __init__(self, app: ASGIApp, services: Services) -> None:
-        from cachetools import TTLCache
-        from limits import parse
-        from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-        from limits.aio.strategies import FixedWindowRateLimiter
-
-        self.app = app
-        self.services = services
-        settings = services.settings
-        storage: Storage
-        if settings.redis.enabled:
-            url = settings.redis.url.get_secret_value()
-            storage = RedisStorage(
-                "async+" + url,
-                implementation="redispy",
-                key_prefix=f"{settings.redis.key_prefix}:freightops:rl",
-                socket_timeout=settings.redis.socket_timeout,
-                socket_connect_timeout=settings.redis.connect_timeout,
-            )
-        else:
-            storage = MemoryStorage()
-        self.limiter = FixedWindowRateLimiter(storage)
-        self.limits = {plan: parse(rule) for plan, rule in services.config.plan_limits.items()}
-        # tenant id -> plan; plans change rarely, so a bounded minute-long cache.
-        self.plans: TTLCache[str, str] = TTLCache(maxsize=10_000, ttl=60)
-        self._outage = False
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        from freightscale.context import get_principal
-
-        principal = get_principal(scope)
-        if principal is None or principal.tenant_id is None:
-            await self.app(scope, receive, send)
-            return
-        tenant = principal.tenant_id
-        limit = self.limits.get(await self._plan(tenant))
-        if limit is not None:
-            try:
-                allowed = await self.limiter.hit(limit, "tenant", tenant)
-                self._outage = False
-            except Exception as exc:  # fail open; log once per outage
-                if not self._outage:
-                    import logging
-
-                    logging.getLogger("freightops").warning("rate limiter unavailable: %r", exc)
-                self._outage = True
-                allowed = True
-            if not allowed:
-                response = problem_response(
-                    429,
-                    detail=f"tenant request limit {limit} exceeded",
-                    instance=scope.get("path"),
-                    headers={"Retry-After": str(max(1, limit.get_expiry()))},
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-    async def _plan(self, tenant: str) -> str:
-        plan = self.plans.get(tenant)
-        if plan is None:
-            from sqlalchemy import select
-
-            from examples.freightops.models import Tenant
-
-            try:
-                async with self.services.read_engine.connect() as conn:
-                    found = await conn.scalar(select(Tenant.plan).where(Tenant.id == int(tenant)))
-            except Exception:
-                # Database trouble is the handler's to report (503); limit by the
-                # most common plan meanwhile and look again on the next request.
-                return "standard"
-            plan = str(found or "free")
-            self.plans[tenant] = plan
-        return plan

@@ -88,8 +88,10 @@ def test_status_route(server: str) -> None:
     assert body["service"] == "freightops"
     assert body["request_id"] == "e2e-1"
     assert body["redis"] == "embedded (memory)"
-    # Authentication, the response cache and compression are build_stack layers.
-    assert body["components"] == ["telemetry", "health", "errors", "auth", "cache", "compression"]
+    # Authentication, the plan limits, the response cache and compression are stack layers.
+    assert body["components"] == [
+        "telemetry", "health", "errors", "auth", "ratelimit", "cache", "compression",
+    ]  # fmt: skip
 
 
 def test_unknown_route_is_a_plain_404(server: str) -> None:

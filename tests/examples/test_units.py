@@ -20,6 +20,7 @@ from examples.freightops.security import (
 from examples.freightops.seed import SeedPlan, generate
 from examples.freightops.standins import get_many
 
+from freightscale.stack import Stack
 from freightscale.stores import MemoryStore
 
 SECRET = "unit-secret-" + "k" * 32
@@ -189,3 +190,58 @@ async def test_permission_loader_falls_back_to_built_in_grants_when_db_is_down()
         assert await load("1", frozenset({"dispatcher"})) == ROLE_PERMISSIONS["dispatcher"]
     finally:
         await engine.dispose()
+
+
+async def test_tenant_requests_are_limited_by_plan(fo_database_url: str, tmp_path: Path) -> None:
+    from examples.freightops.application import create_app
+    from examples.freightops.config import AppConfig
+
+    from freightscale.settings import FreightScaleSettings
+
+    settings = FreightScaleSettings(
+        environment="development",
+        database={"url": fo_database_url},
+        auth={"secret": SECRET},
+    )
+    # acme is on the enterprise plan, globex on standard (the seed's first two tenants).
+    config = AppConfig(
+        session_dir=str(tmp_path),
+        plan_limits={"free": "1/hour", "standard": "3/hour", "enterprise": "5/hour"},
+    )
+    app = create_app(settings, config)
+    assert isinstance(app, Stack)
+    try:
+        await _check_plan_limits(app)
+    finally:
+        await app.aclose()
+        await app.app.services.aclose()  # type: ignore[attr-defined]
+
+
+async def _check_plan_limits(app: Stack) -> None:
+    import httpx
+    from examples.freightops.seed import DEMO_PASSWORD
+
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        tokens = {}
+        for tenant in ("acme", "globex"):
+            response = await client.post(
+                "/api/auth/login",
+                json={"email": f"viewer@{tenant}.example", "password": DEMO_PASSWORD},
+            )
+            assert response.status_code == 200, response.text
+            tokens[tenant] = {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+        async def allowed(tenant: str) -> int:
+            for n in range(10):
+                response = await client.get("/api/auth/me", headers=tokens[tenant])
+                if response.status_code == 429:
+                    assert response.headers["content-type"] == "application/problem+json"
+                    assert int(response.headers["retry-after"]) >= 1
+                    return n
+                assert response.status_code == 200, response.text
+            return 10
+
+        assert await allowed("globex") == 3
+        # Another tenant has its own counter, and its plan's limit.
+        assert await allowed("acme") == 5
