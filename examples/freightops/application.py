@@ -6,8 +6,8 @@ The request path, outermost first::
                   → [per-IP limits] → freightscale.auth (bearer JWT, RBAC, revocation)
                   → per-tenant limits by plan (freightscale.ratelimit)
                   → response cache (keyed on the verified principal)
-                  → compression → database
-    example:      cookie login (stand-in)
+                  → compression → sessions (the web login) → database
+    example:      cookie login: a session cookie → the principal (stand-in)
     app:          Starlette routes from examples/freightops/features/*
                   (indexed router), guarded by ``require_permission`` and
                   tagging their responses for the cache
@@ -18,6 +18,8 @@ authentication (file sessions + a permission query per request).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -37,7 +39,7 @@ from examples.freightops.naive import NaiveAuthMiddleware
 from examples.freightops.runtime import Services, services
 from examples.freightops.security import TOKEN_ISSUER, permission_loader, plan_loader
 from examples.freightops.seed import prepare_database
-from examples.freightops.standins import CookieLoginMiddleware
+from examples.freightops.standins import SESSION_COOKIE, CookieLoginMiddleware
 from examples.freightops.web import JSON, Problem, database_error_handler, problem_handler
 from freightscale.auth import AuthSettings, TokenIssuer
 from freightscale.errors import ErrorMiddleware
@@ -45,6 +47,7 @@ from freightscale.routing import use_indexed_router
 from freightscale.settings import FreightScaleSettings
 from freightscale.settings.cache import CacheRule, CacheSettings
 from freightscale.settings.ratelimit import RateLimitSettings
+from freightscale.settings.sessions import SessionSettings
 from freightscale.stack import build_stack
 from freightscale.types import ASGIApp
 
@@ -141,6 +144,29 @@ def auth_settings(settings: FreightScaleSettings, svc: Services) -> AuthSettings
     )
 
 
+def session_settings(settings: FreightScaleSettings, svc: Services) -> SessionSettings:
+    """freightscale.sessions for the web login (cookie ``fo_session``).
+
+    ``FREIGHTSCALE_SESSIONS__*`` configure the rest. Unless set there, the
+    signing key is derived from the token secret (so every worker with the
+    same ``FREIGHTSCALE_AUTH__SECRET`` verifies the same cookies), the cookie
+    lives as long as a token, and it is ``Secure`` outside development.
+    """
+    current = settings.sessions
+    given = current.model_fields_set
+    update: dict[str, object] = {"enabled": True}
+    if not current.secret_keys:
+        derived = hmac.new(svc.secret.encode(), b"freightops sessions", hashlib.sha256)
+        update["secret_keys"] = [SecretStr(derived.hexdigest())]
+    if "cookie_name" not in given:
+        update["cookie_name"] = SESSION_COOKIE
+    if "max_age" not in given:
+        update["max_age"] = svc.config.token_ttl
+    if "secure" not in given:
+        update["secure"] = settings.environment != "development"
+    return current.model_copy(update=update)
+
+
 def ratelimit_settings(settings: FreightScaleSettings, config: AppConfig) -> RateLimitSettings:
     """freightscale.ratelimit for FreightOps: one rule per tenant, limits by plan.
 
@@ -207,7 +233,7 @@ def create_app(
     use_indexed_router(app)
     # build_stack places every layer, outermost first: telemetry → health →
     # errors → [per-IP limits] → auth (bearer JWT) → per-tenant limits → cache
-    # → compression → database.
+    # → compression → sessions → database.
     # The web login's cookie is turned into a principal next to the routes.
     inner: ASGIApp = CookieLoginMiddleware(app, svc)
     on = {"enabled": True}
@@ -215,6 +241,7 @@ def create_app(
         update={
             "auth": auth_settings(settings, svc),
             "ratelimit": ratelimit_settings(settings, config),
+            "sessions": session_settings(settings, svc),
             "cache": cache_settings(settings, config),
             "compression": settings.compression.model_copy(update=on),
         }

@@ -1,25 +1,25 @@
-"""Local stand-ins the example still uses (and the legacy helpers of the naive profile).
+"""The one local stand-in the example still uses, and the naive profile's helpers.
 
-Each class here is the *simplest* thing that behaves like the component for
-the example, and each says which component replaces it. They use the shared
-:class:`~freightscale.stores.Store` so they already work across several
-workers (Redis) and fall back to memory in the embedded default.
+:class:`CookieLoginMiddleware` turns the web login's session cookie into a
+principal (freightscale.auth authenticates bearer tokens only; see its
+docstring). The rest — :class:`SessionBackend`, :func:`credentials`,
+:func:`make_principal`, :class:`Unauthenticated` — serves the naive profile's
+legacy authentication, and :func:`get_many` its benchmarks.
 """
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-import orjson
 from starlette.datastructures import Headers
 from starlette.requests import cookie_parser
 
 from examples.freightops.security import permissions_for
 from freightscale.context import Principal, bind_principal, get_principal
 from freightscale.exceptions import FreightScaleError
+from freightscale.sessions import Session
 from freightscale.stores import Store
 from freightscale.types import ASGIApp, Receive, Scope, Send
 
@@ -30,14 +30,11 @@ __all__ = [
     "SESSION_COOKIE",
     "CookieLoginMiddleware",
     "SessionBackend",
-    "StoreSessions",
     "Unauthenticated",
     "make_principal",
 ]
 
 SESSION_COOKIE = "fo_session"
-
-_json_encode = orjson.dumps
 
 
 class Unauthenticated(Exception):
@@ -58,42 +55,6 @@ class SessionBackend(Protocol):
     async def delete(self, session_id: str) -> None:
         """Forget the session."""
         ...
-
-
-class StoreSessions:
-    """Login sessions as JSON in the shared store.
-
-    TODO(sessions component): replace with ``freightscale.sessions``
-    (lazy loading, signed cookie, rotation) once it lands on main.
-    """
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    async def create(self, data: Mapping[str, Any], *, ttl: int) -> str:
-        session_id = secrets.token_urlsafe(24)
-        await self.store.set(session_id, _json_encode(dict(data)), expires_in=ttl)
-        return session_id
-
-    async def get(self, session_id: str) -> dict[str, Any] | None:
-        if not _valid_session_id(session_id):
-            return None
-        raw = await self.store.get(session_id)
-        if raw is None:
-            return None
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return None
-        return data if isinstance(data, dict) else None
-
-    async def delete(self, session_id: str) -> None:
-        if _valid_session_id(session_id):
-            await self.store.delete(session_id)
-
-
-def _valid_session_id(session_id: str) -> bool:
-    return 16 <= len(session_id) <= 64 and all(c.isalnum() or c in "-_" for c in session_id)
 
 
 async def get_many(store: Store, keys: Sequence[str]) -> list[bytes | None]:
@@ -149,21 +110,21 @@ def credentials(scope: Scope) -> tuple[str | None, str | None]:
 class CookieLoginMiddleware:
     """Authenticate the web login's session cookie when no bearer token did.
 
-    ``freightscale.auth`` (a ``build_stack`` layer) verifies bearer tokens and
-    binds their principal before the rate limits and the response cache run.
-    A browser that logged in carries only the ``fo_session`` cookie; this
-    layer, wrapped around the routes (so inside the stack), binds the
-    session's user for such requests. Its permissions come from the same
-    RBAC cache as a token's, and logout-everywhere reaches it through the
-    same revocation list. A stale, unknown or revoked cookie is ignored
+    ``freightscale.auth`` (a ``build_stack`` layer) authenticates bearer
+    tokens only. A browser that logged in carries only the session cookie of
+    ``freightscale.sessions``, whose layer ``build_stack`` places inside auth,
+    the rate limits and the response cache. This layer, wrapped around the
+    routes (so inside the sessions layer), loads the session of a cookie-only
+    request and binds its user as the principal, with permissions from the
+    same RBAC cache as a token's and the same revocation check
+    (logout-everywhere). A stale, unknown or revoked cookie is ignored
     (anonymous; routes that need a user answer 401), never an error.
 
-    Requests authenticated this way are not answered from the response cache
-    (the cache runs before this layer and sees no principal: it bypasses).
+    Such requests are not answered from the response cache (the cache sees no
+    principal and bypasses) and are rate-limited per client IP.
 
-    TODO(sessions component): the session *data* moves to
-    ``freightscale.sessions``; a cookie must still be turned into a principal
-    here, because the sessions layer runs inside auth.
+    TODO(auth component): an auth hook that accepts a session as credentials
+    would let the cookie login run before the limits and the cache.
     """
 
     def __init__(self, app: ASGIApp, services: Services) -> None:
@@ -174,29 +135,38 @@ class CookieLoginMiddleware:
         if scope["type"] != "http" or get_principal(scope) is not None:
             await self.app(scope, receive, send)
             return
-        _token, session_id = credentials(scope)
-        principal = await self.authenticate(session_id) if session_id else None
+        _token, cookie = credentials(scope)
+        session = scope.get("session")
+        principal = None
+        if cookie and isinstance(session, Session):
+            principal = await self.authenticate(await session.load())
         if principal is None:
             await self.app(scope, receive, send)
             return
         with bind_principal(principal, scope):
             await self.app(scope, receive, send)
 
-    async def authenticate(self, session_id: str) -> Principal | None:
+    async def authenticate(self, session: Session) -> Principal | None:
         """The principal of a live, unrevoked login session (None otherwise)."""
-        data = await self.services.sessions.get(session_id)
-        if data is None or float(data.get("exp", 0)) < time.time():
+        try:
+            user = str(session["user_id"])
+            tenant = str(session["tenant_id"])
+            role = str(session["role"])
+            created = float(session["created"])
+            expires = float(session["exp"])
+        except (KeyError, TypeError, ValueError):
+            return None  # no login in this session (or not ours)
+        if expires < time.time():
             return None
-        user, tenant, role = str(data["user_id"]), str(data["tenant_id"]), str(data["role"])
         auth = self.services.auth
         permissions: frozenset[str] | None = None
         if auth is not None:
             try:
-                if await auth.revocations.is_revoked(None, user, tenant, float(data["created"])):
+                if await auth.revocations.is_revoked(None, user, tenant, created):
                     return None
                 if auth.permissions is not None:
                     permissions = await auth.permissions.get(tenant, frozenset({role}))
             except FreightScaleError:
                 return None  # revocation store down and failing closed: no cookie login
-        claims = dict(data, sid=session_id)
+        claims = {"user_id": user, "tenant_id": tenant, "role": role, "iat": created}
         return make_principal(user, tenant, role, claims, permissions=permissions)

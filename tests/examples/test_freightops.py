@@ -88,9 +88,9 @@ def test_status_route(server: str) -> None:
     assert body["service"] == "freightops"
     assert body["request_id"] == "e2e-1"
     assert body["redis"] == "embedded (memory)"
-    # Authentication, the plan limits, the response cache and compression are stack layers.
+    # Authentication, plan limits, response cache, compression and sessions are stack layers.
     assert body["components"] == [
-        "telemetry", "health", "errors", "auth", "ratelimit", "cache", "compression",
+        "telemetry", "health", "errors", "auth", "ratelimit", "cache", "compression", "sessions",
     ]  # fmt: skip
 
 
