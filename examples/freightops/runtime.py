@@ -2,7 +2,7 @@
 
 :class:`Services` holds the database engines, the shared key/value store
 (Redis when ``FREIGHTSCALE_REDIS__URL`` is set, else in-process memory), the
-login-session backend and the token secret. Feature modules reach it with
+naive profile's session files and the token secret. Feature modules reach it with
 ``services(request)``.
 """
 
@@ -18,7 +18,8 @@ from starlette.requests import HTTPConnection
 
 from examples.freightops.config import AppConfig
 from examples.freightops.naive import FileSessionStore
-from examples.freightops.standins import SessionBackend, StoreSessions
+from examples.freightops.standins import SessionBackend
+from freightscale.auth import Authenticator, TokenIssuer
 from freightscale.caching import CacheBackend
 from freightscale.db import Engines, create_engines
 from freightscale.settings import FreightScaleSettings
@@ -40,9 +41,14 @@ class Services:
     read_engine: AsyncEngine
     store: Store
     root_store: Store
-    sessions: SessionBackend
+    sessions: SessionBackend | None
+    """The naive profile's session files (the freightscale profile uses freightscale.sessions)."""
     response_cache: CacheBackend | None = None
     """freightscale's response cache, for invalidation from write handlers."""
+    auth: Authenticator | None = None
+    """freightscale's authenticator (revocations, RBAC cache); None in the naive profile."""
+    issuer: TokenIssuer | None = None
+    """Signs access tokens at login; None in the naive profile."""
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -71,7 +77,7 @@ class Services:
 
     @classmethod
     def open(cls, settings: FreightScaleSettings, config: AppConfig) -> Services:
-        """Create the engines, store and session backend (no connection is opened yet)."""
+        """Create the engines and the store (no connection is opened yet)."""
         secret = settings.auth.secret.get_secret_value()
         if not secret:
             # One process only: tokens die with it. Production sets the secret.
@@ -98,11 +104,9 @@ class Services:
             read_engine = read_engine.execution_options(isolation_level="AUTOCOMMIT")
         root_store = _store(settings)
         store = root_store.with_namespace("freightops")
-        sessions: SessionBackend
+        sessions: SessionBackend | None = None
         if config.naive:
             sessions = FileSessionStore(config.session_dir)
-        else:
-            sessions = StoreSessions(store.with_namespace("sessions"))
         return cls(config, settings, secret, engine, read_engine, store, root_store, sessions)
 
     async def aclose(self) -> None:

@@ -450,12 +450,18 @@ async def mint_sessions(
 
     The load test needs one token per simulated user; logging 2000 users in
     through PBKDF2 would take minutes of server CPU before measuring
-    anything, so the sessions are created directly in the app's session
-    backend (Redis, or the naive profile's files) and signed with the app's
-    secret. Users cycle over the seeded users holding ``roles``.
+    anything, so the tokens are signed directly with the app's secret
+    (freightscale.auth's ``TokenIssuer``; the naive profile also writes the
+    session file its tokens name). Users cycle over the seeded users holding ``roles``.
     """
     from examples.freightops.security import issue_token
 
+    issuer = None
+    if services.sessions is None:  # the freightscale profile
+        from examples.freightops.application import auth_settings
+        from freightscale.auth import TokenIssuer
+
+        issuer = TokenIssuer(auth_settings(services.settings, services))
     rng = random.Random(seed_value)
     async with services.engine.connect() as conn:
         users = (
@@ -483,25 +489,31 @@ async def mint_sessions(
     for n in range(count):
         user = users[n % len(users)]
         now = time.time()
-        session_id = await services.sessions.create(
-            {
-                "user_id": user.id,
-                "tenant_id": user.tenant_id,
-                "role": user.name,
-                "created": now,
-                "exp": now + ttl,
-            },
-            ttl=ttl,
-        )
-        token, _ = issue_token(
-            services.secret,
-            user_id=user.id,
-            tenant_id=user.tenant_id,
-            role=user.name,
-            session_id=session_id,
-            ttl=ttl,
-            now=now,
-        )
+        if issuer is not None:
+            # The freightscale profile: a bearer token is all an API client needs.
+            token = issuer.issue(
+                str(user.id), tenant=str(user.tenant_id), roles=[user.name], ttl=ttl
+            )
+        else:
+            session_id = await services.sessions.create(
+                {
+                    "user_id": user.id,
+                    "tenant_id": user.tenant_id,
+                    "role": user.name,
+                    "created": now,
+                    "exp": now + ttl,
+                },
+                ttl=ttl,
+            )
+            token, _ = issue_token(
+                services.secret,
+                user_id=user.id,
+                tenant_id=user.tenant_id,
+                role=user.name,
+                session_id=session_id,
+                ttl=ttl,
+                now=now,
+            )
         pool = by_tenant[user.tenant_id]
         sample = tuple(rng.sample(pool, min(ids_per_user, len(pool)))) if pool else ()
         minted.append(LoadUser(token, user.tenant_id, user.id, sample))

@@ -1,26 +1,25 @@
-"""Small local stand-ins for freightscale components that have not landed yet.
+"""The one local stand-in the example still uses, and the naive profile's helpers.
 
-Each class here is the *simplest* thing that behaves like the component for
-the example, and each says which component replaces it. They use the shared
-:class:`~freightscale.stores.Store` so they already work across several
-workers (Redis) and fall back to memory in the embedded default.
+:class:`CookieLoginMiddleware` turns the web login's session cookie into a
+principal (freightscale.auth authenticates bearer tokens only; see its
+docstring). The rest — :class:`SessionBackend`, :func:`credentials`,
+:func:`make_principal`, :class:`Unauthenticated` — serves the naive profile's
+legacy authentication, and :func:`get_many` its benchmarks.
 """
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-import jwt
-import orjson
 from starlette.datastructures import Headers
 from starlette.requests import cookie_parser
 
-from examples.freightops.security import decode_token, permissions_for
-from freightscale.context import Principal, bind_principal
-from freightscale.errors import problem_response
+from examples.freightops.security import permissions_for
+from freightscale.context import Principal, bind_principal, get_principal
+from freightscale.exceptions import FreightScaleError
+from freightscale.sessions import Session
 from freightscale.stores import Store
 from freightscale.types import ASGIApp, Receive, Scope, Send
 
@@ -28,21 +27,14 @@ if TYPE_CHECKING:
     from examples.freightops.runtime import Services
 
 __all__ = [
-    "ROLE_HEADER",
     "SESSION_COOKIE",
-    "AuthMiddleware",
+    "CookieLoginMiddleware",
     "SessionBackend",
-    "StoreSessions",
     "Unauthenticated",
     "make_principal",
 ]
 
 SESSION_COOKIE = "fo_session"
-ROLE_HEADER = b"x-freightops-role"
-"""Request header the auth middleware sets to the verified principal's roles
-(any client-sent value is dropped), so the response cache can key by role."""
-
-_json_encode = orjson.dumps
 
 
 class Unauthenticated(Exception):
@@ -63,42 +55,6 @@ class SessionBackend(Protocol):
     async def delete(self, session_id: str) -> None:
         """Forget the session."""
         ...
-
-
-class StoreSessions:
-    """Login sessions as JSON in the shared store.
-
-    TODO(sessions component): replace with ``freightscale.sessions``
-    (lazy loading, signed cookie, rotation) once it lands on main.
-    """
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    async def create(self, data: Mapping[str, Any], *, ttl: int) -> str:
-        session_id = secrets.token_urlsafe(24)
-        await self.store.set(session_id, _json_encode(dict(data)), expires_in=ttl)
-        return session_id
-
-    async def get(self, session_id: str) -> dict[str, Any] | None:
-        if not _valid_session_id(session_id):
-            return None
-        raw = await self.store.get(session_id)
-        if raw is None:
-            return None
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return None
-        return data if isinstance(data, dict) else None
-
-    async def delete(self, session_id: str) -> None:
-        if _valid_session_id(session_id):
-            await self.store.delete(session_id)
-
-
-def _valid_session_id(session_id: str) -> bool:
-    return 16 <= len(session_id) <= 64 and all(c.isalnum() or c in "-_" for c in session_id)
 
 
 async def get_many(store: Store, keys: Sequence[str]) -> list[bytes | None]:
@@ -126,13 +82,14 @@ def make_principal(
     user_id: str, tenant_id: str, role: str, claims: Mapping[str, Any], *, permissions: Any = None
 ) -> Principal:
     """Build the request's principal; permissions default to the role's."""
-    scopes = frozenset(permissions) if permissions is not None else permissions_for(role)
+    granted = frozenset(permissions) if permissions is not None else permissions_for(role)
     return Principal(
         user_id=user_id,
         tenant_id=tenant_id,
         roles=frozenset({role}),
-        scopes=scopes,
+        scopes=granted,
         claims=dict(claims),
+        permissions=granted,
     )
 
 
@@ -150,189 +107,66 @@ def credentials(scope: Scope) -> tuple[str | None, str | None]:
     return token, session_id
 
 
-async def _unauthorized(scope: Scope, receive: Receive, send: Send, detail: str) -> None:
-    response = problem_response(
-        401,
-        detail=detail,
-        instance=scope.get("path"),
-        headers={"WWW-Authenticate": 'Bearer realm="freightops"'},
-    )
-    await response(scope, receive, send)
+class CookieLoginMiddleware:
+    """Authenticate the web login's session cookie when no bearer token did.
 
+    ``freightscale.auth`` (a ``build_stack`` layer) authenticates bearer
+    tokens only. A browser that logged in carries only the session cookie of
+    ``freightscale.sessions``, whose layer ``build_stack`` places inside auth,
+    the rate limits and the response cache. This layer, wrapped around the
+    routes (so inside the sessions layer), loads the session of a cookie-only
+    request and binds its user as the principal, with permissions from the
+    same RBAC cache as a token's and the same revocation check
+    (logout-everywhere). A stale, unknown or revoked cookie is ignored
+    (anonymous; routes that need a user answer 401), never an error.
 
-class AuthMiddleware:
-    """Verify the bearer token (or the session cookie) and bind the principal.
+    Such requests are not answered from the response cache (the cache sees no
+    principal and bypasses) and are rate-limited per client IP.
 
-    A request without credentials goes through anonymous (routes that need a
-    user answer 401); invalid, expired or revoked credentials get a 401 here.
-    Revocation (logout, logout-everywhere) is checked in the shared store, so a
-    token revoked on one worker is refused by every other.
-
-    TODO(auth component): replace with ``freightscale.auth``'s middleware
-    (verification cache, revocation, RBAC permission cache) once it lands.
+    TODO(auth component): an auth hook that accepts a session as credentials
+    would let the cookie login run before the limits and the cache.
     """
 
     def __init__(self, app: ASGIApp, services: Services) -> None:
-        from cachetools import TTLCache
-
         self.app = app
         self.services = services
-        # Verified claims by token: signature checks are skipped for tokens seen
-        # in the last minute (expiry is still checked; revocation always is).
-        self._verified: TTLCache[str, Mapping[str, Any]] = TTLCache(maxsize=10_000, ttl=60)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or get_principal(scope) is not None:
             await self.app(scope, receive, send)
             return
-        try:
-            principal = await self.authenticate(scope)
-        except Unauthenticated as exc:
-            await _unauthorized(scope, receive, send, str(exc))
+        _token, cookie = credentials(scope)
+        session = scope.get("session")
+        principal = None
+        if cookie and isinstance(session, Session):
+            principal = await self.authenticate(await session.load())
+        if principal is None:
+            await self.app(scope, receive, send)
             return
-        headers = [(k, v) for k, v in scope["headers"] if k != ROLE_HEADER]
-        if principal is not None:
-            headers.append((ROLE_HEADER, ",".join(sorted(principal.roles)).encode()))
-        scope["headers"] = headers
         with bind_principal(principal, scope):
             await self.app(scope, receive, send)
 
-    def _verify(self, token: str) -> Mapping[str, Any]:
-        claims = self._verified.get(token)
-        if claims is not None and float(claims["exp"]) > time.time():
-            return claims
+    async def authenticate(self, session: Session) -> Principal | None:
+        """The principal of a live, unrevoked login session (None otherwise)."""
         try:
-            claims = decode_token(self.services.secret, token)
-        except jwt.InvalidTokenError as exc:
-            raise Unauthenticated(f"invalid access token: {exc}") from None
-        self._verified[token] = claims
-        return claims
-
-    async def authenticate(self, scope: Scope) -> Principal | None:
-        """Return the principal for the request's credentials (None: anonymous)."""
-        token, session_id = credentials(scope)
-        store = self.services.store
-        if token is not None:
-            claims = self._verify(token)
-            logged_out, not_before = await get_many(
-                store, [f"jti:{claims.get('jti', '')}", f"rev:{claims['sub']}"]
-            )
-            if logged_out is not None:
-                raise Unauthenticated("this token was logged out")
-            if not_before is not None and float(claims["iat"]) <= float(not_before):
-                raise Unauthenticated("all sessions of this user were logged out")
-            roles = claims.get("roles") or [""]
-            return make_principal(str(claims["sub"]), str(claims["tenant"]), str(roles[0]), claims)
-        if session_id is not None:
-            # A stale or unknown cookie is ignored (anonymous), never an error:
-            # it must not stop the browser from logging in again.
-            data = await self.services.sessions.get(session_id)
-            if data is None or float(data.get("exp", 0)) < time.time():
-                return None
+            user = str(session["user_id"])
+            tenant = str(session["tenant_id"])
+            role = str(session["role"])
+            created = float(session["created"])
+            expires = float(session["exp"])
+        except (KeyError, TypeError, ValueError):
+            return None  # no login in this session (or not ours)
+        if expires < time.time():
+            return None
+        auth = self.services.auth
+        permissions: frozenset[str] | None = None
+        if auth is not None:
             try:
-                await _check_not_revoked(store, str(data["user_id"]), float(data["created"]))
-            except Unauthenticated:
-                return None
-            claims = dict(data, sid=session_id)
-            return make_principal(
-                str(data["user_id"]), str(data["tenant_id"]), str(data["role"]), claims
-            )
-        return None
-
-
-async def _check_not_revoked(store: Store, user_id: str, issued_at: float) -> None:
-    raw = await store.get(f"rev:{user_id}")
-    if raw is not None and issued_at <= float(raw):
-        raise Unauthenticated("all sessions of this user were logged out")
-
-
-class PlanRateLimitMiddleware:
-    """Per-tenant request limits by plan (``free`` / ``standard`` / ``enterprise``).
-
-    Runs after authentication (it needs the tenant); anonymous requests pass.
-    Counters live in Redis when configured (shared by every worker) through
-    the ``limits`` package; when Redis fails the request is let through
-    (fail open) and the failure is logged once per outage.
-
-    TODO(ratelimit component): replace with ``freightscale.ratelimit``
-    (per-IP + per-tenant rules, headers, fallbacks) once it lands on main.
-    """
-
-    def __init__(self, app: ASGIApp, services: Services) -> None:
-        from cachetools import TTLCache
-        from limits import parse
-        from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-        from limits.aio.strategies import FixedWindowRateLimiter
-
-        self.app = app
-        self.services = services
-        settings = services.settings
-        storage: Storage
-        if settings.redis.enabled:
-            url = settings.redis.url.get_secret_value()
-            storage = RedisStorage(
-                "async+" + url,
-                implementation="redispy",
-                key_prefix=f"{settings.redis.key_prefix}:freightops:rl",
-                socket_timeout=settings.redis.socket_timeout,
-                socket_connect_timeout=settings.redis.connect_timeout,
-            )
-        else:
-            storage = MemoryStorage()
-        self.limiter = FixedWindowRateLimiter(storage)
-        self.limits = {plan: parse(rule) for plan, rule in services.config.plan_limits.items()}
-        # tenant id -> plan; plans change rarely, so a bounded minute-long cache.
-        self.plans: TTLCache[str, str] = TTLCache(maxsize=10_000, ttl=60)
-        self._outage = False
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        from freightscale.context import get_principal
-
-        principal = get_principal(scope)
-        if principal is None or principal.tenant_id is None:
-            await self.app(scope, receive, send)
-            return
-        tenant = principal.tenant_id
-        limit = self.limits.get(await self._plan(tenant))
-        if limit is not None:
-            try:
-                allowed = await self.limiter.hit(limit, "tenant", tenant)
-                self._outage = False
-            except Exception as exc:  # fail open; log once per outage
-                if not self._outage:
-                    import logging
-
-                    logging.getLogger("freightops").warning("rate limiter unavailable: %r", exc)
-                self._outage = True
-                allowed = True
-            if not allowed:
-                response = problem_response(
-                    429,
-                    detail=f"tenant request limit {limit} exceeded",
-                    instance=scope.get("path"),
-                    headers={"Retry-After": str(max(1, limit.get_expiry()))},
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-    async def _plan(self, tenant: str) -> str:
-        plan = self.plans.get(tenant)
-        if plan is None:
-            from sqlalchemy import select
-
-            from examples.freightops.models import Tenant
-
-            try:
-                async with self.services.read_engine.connect() as conn:
-                    found = await conn.scalar(select(Tenant.plan).where(Tenant.id == int(tenant)))
-            except Exception:
-                # Database trouble is the handler's to report (503); limit by the
-                # most common plan meanwhile and look again on the next request.
-                return "standard"
-            plan = str(found or "free")
-            self.plans[tenant] = plan
-        return plan
+                if await auth.revocations.is_revoked(None, user, tenant, created):
+                    return None
+                if auth.permissions is not None:
+                    permissions = await auth.permissions.get(tenant, frozenset({role}))
+            except FreightScaleError:
+                return None  # revocation store down and failing closed: no cookie login
+        claims = {"user_id": user, "tenant_id": tenant, "role": role, "iat": created}
+        return make_principal(user, tenant, role, claims, permissions=permissions)

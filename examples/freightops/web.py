@@ -34,7 +34,6 @@ __all__ = [
     "invalidate",
     "keyset_page",
     "principal",
-    "requires",
     "tenant_id",
 ]
 
@@ -92,21 +91,6 @@ def tenant_id(request: Request) -> int:
     if tenant is None:
         raise Problem(403, "this principal acts for no tenant")
     return int(tenant)
-
-
-def requires(permission: str) -> Callable[[Endpoint], Endpoint]:
-    """Allow the endpoint only to principals holding ``permission`` (401/403 otherwise)."""
-
-    def decorate(endpoint: Endpoint) -> Endpoint:
-        @functools.wraps(endpoint)
-        async def guarded(request: Request) -> Response:
-            if permission not in principal(request).scopes:
-                raise Problem(403, f"your role lacks the {permission!r} permission")
-            return await endpoint(request)
-
-        return guarded
-
-    return decorate
 
 
 class Body(BaseModel):
@@ -181,10 +165,11 @@ def cached(tags: TagSource, *, dashboard: bool = False) -> Callable[[Endpoint], 
     """Tag a read route's response for freightscale's response cache.
 
     Whether and how long a path is cached is the cache's rule
-    (``cache_rules()`` in ``application.py``: tenant scope, keyed also by the
-    principal's role); this decorator only names what the response depends
-    on, so writes can invalidate it (:func:`invalidate`). ``dashboard`` marks
-    the TTL-only route (documentation: its rule has no tags to invalidate).
+    (``cache_settings()`` in ``application.py``: tenant or user scope, keyed
+    on the principal freightscale.auth verified); this decorator only names
+    what the response depends on, so writes can invalidate it
+    (:func:`invalidate`). ``dashboard`` marks the TTL-only route
+    (documentation: its rule has no tags to invalidate).
     """
 
     def decorate(endpoint: Endpoint) -> Endpoint:

@@ -88,7 +88,10 @@ def test_status_route(server: str) -> None:
     assert body["service"] == "freightops"
     assert body["request_id"] == "e2e-1"
     assert body["redis"] == "embedded (memory)"
-    assert body["components"] == ["telemetry", "health", "errors"]
+    # Authentication, plan limits, response cache, compression and sessions are stack layers.
+    assert body["components"] == [
+        "telemetry", "health", "errors", "auth", "ratelimit", "cache", "compression", "sessions",
+    ]  # fmt: skip
 
 
 def test_unknown_route_is_a_plain_404(server: str) -> None:

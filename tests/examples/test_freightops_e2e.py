@@ -253,6 +253,55 @@ async def test_logout_everywhere_revokes_the_token_on_a_second_worker(
         assert (await one.get("/api/auth/me", headers=bearer(fresh))).status_code == 200
 
 
+async def test_web_session_is_shared_by_workers_and_ended_by_a_cookie_logout(
+    fs_workers: tuple[Server, Server],
+) -> None:
+    first, second = fs_workers
+    async with (
+        httpx.AsyncClient(base_url=first.url, timeout=10) as one,
+        httpx.AsyncClient(base_url=second.url, timeout=10) as bare,
+    ):
+        token = await login(one, "accountant2@acme.example")
+        cookie = one.cookies.get("fo_session")
+        assert cookie
+        assert "." in cookie  # freightscale.sessions: "<id>.<mac>", no data in the cookie
+        web = {"Cookie": f"fo_session={cookie}"}
+        # The session lives in Redis: the other worker knows it.
+        me = await bare.get("/api/auth/me", headers=web)
+        assert me.status_code == 200, me.text
+        assert me.json()["roles"] == ["accountant"]
+        assert "invoices:write" in me.json()["permissions"]
+        # A tampered cookie is anonymous, never an error.
+        forged = await bare.get("/api/auth/me", headers={"Cookie": f"fo_session={cookie}x"})
+        assert forged.status_code == 401
+        # Logging out of the browser (cookie only) ends the session and revokes
+        # the token issued with it, on every worker.
+        out = await bare.post("/api/auth/logout", headers=web)
+        assert out.status_code == 204
+        assert (await one.get("/api/auth/me", headers=web)).status_code == 401
+        assert (await bare.get("/api/auth/me", headers=bearer(token))).status_code == 401
+
+
+async def test_logout_everywhere_revokes_web_sessions_of_other_devices(
+    fs_workers: tuple[Server, Server],
+) -> None:
+    first, second = fs_workers
+    async with (
+        httpx.AsyncClient(base_url=first.url, timeout=10) as laptop,
+        httpx.AsyncClient(base_url=second.url, timeout=10) as phone,
+    ):
+        await login(laptop, "viewer3@acme.example")
+        web = {"Cookie": f"fo_session={laptop.cookies.get('fo_session')}"}
+        phone_token = await login(phone, "viewer3@acme.example")
+        assert (await phone.get("/api/auth/me", headers=web)).status_code == 200
+        phone.cookies.clear()
+        done = await phone.post("/api/auth/logout-everywhere", headers=bearer(phone_token))
+        assert done.status_code == 204
+        # The laptop's session still exists in the store, but was issued before the cutoff.
+        for client in (laptop, phone):
+            assert (await client.get("/api/auth/me", headers=web)).status_code == 401
+
+
 async def test_logout_revokes_only_this_token(workers: tuple[Server, Server]) -> None:
     first, second = workers
     async with (

@@ -13,12 +13,14 @@ from examples.freightops.security import (
     decode_token,
     hash_password,
     issue_token,
+    permission_loader,
     permissions_for,
     verify_password,
 )
 from examples.freightops.seed import SeedPlan, generate
 from examples.freightops.standins import get_many
 
+from freightscale.stack import Stack
 from freightscale.stores import MemoryStore
 
 SECRET = "unit-secret-" + "k" * 32
@@ -144,3 +146,102 @@ async def test_unreachable_database_answers_503_problem(tmp_path: Path) -> None:
     assert response.headers["content-type"] == "application/problem+json"
     assert response.headers["retry-after"] == "2"
     assert response.json()["reason"] == "unavailable"
+
+
+async def test_permission_loader_reads_the_roles_table(fo_database_url: str) -> None:
+    from examples.freightops.models import Role
+    from sqlalchemy import update
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(fo_database_url)
+    try:
+        load = permission_loader(lambda: engine)
+        assert await load("1", frozenset({"driver"})) == ROLE_PERMISSIONS["driver"]
+        both = await load("1", frozenset({"driver", "accountant"}))
+        assert both == ROLE_PERMISSIONS["driver"] | ROLE_PERMISSIONS["accountant"]
+        assert await load("1", frozenset({"no-such-role"})) == frozenset()
+        # The table decides, not the built-in grants.
+        async with engine.begin() as conn:
+            await conn.execute(
+                update(Role).where(Role.name == "viewer").values(permissions="shipments:read")
+            )
+        try:
+            assert await load("1", frozenset({"viewer"})) == {"shipments:read"}
+        finally:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    update(Role)
+                    .where(Role.name == "viewer")
+                    .values(permissions=" ".join(sorted(ROLE_PERMISSIONS["viewer"])))
+                )
+    finally:
+        await engine.dispose()
+
+
+async def test_permission_loader_falls_back_to_built_in_grants_when_db_is_down() -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from tests.servers import free_port
+
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nothing"
+    engine = create_async_engine(url, connect_args={"timeout": 1})
+    try:
+        load = permission_loader(lambda: engine)
+        assert await load("1", frozenset({"dispatcher"})) == ROLE_PERMISSIONS["dispatcher"]
+    finally:
+        await engine.dispose()
+
+
+async def test_tenant_requests_are_limited_by_plan(fo_database_url: str, tmp_path: Path) -> None:
+    from examples.freightops.application import create_app
+    from examples.freightops.config import AppConfig
+
+    from freightscale.settings import FreightScaleSettings
+
+    settings = FreightScaleSettings(
+        environment="development",
+        database={"url": fo_database_url},
+        auth={"secret": SECRET},
+    )
+    # acme is on the enterprise plan, globex on standard (the seed's first two tenants).
+    config = AppConfig(
+        session_dir=str(tmp_path),
+        plan_limits={"free": "1/hour", "standard": "3/hour", "enterprise": "5/hour"},
+    )
+    app = create_app(settings, config)
+    assert isinstance(app, Stack)
+    try:
+        await _check_plan_limits(app)
+    finally:
+        await app.aclose()
+        await app.app.services.aclose()  # type: ignore[attr-defined]
+
+
+async def _check_plan_limits(app: Stack) -> None:
+    import httpx
+    from examples.freightops.seed import DEMO_PASSWORD
+
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        tokens = {}
+        for tenant in ("acme", "globex"):
+            response = await client.post(
+                "/api/auth/login",
+                json={"email": f"viewer@{tenant}.example", "password": DEMO_PASSWORD},
+            )
+            assert response.status_code == 200, response.text
+            tokens[tenant] = {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+        async def allowed(tenant: str) -> int:
+            for n in range(10):
+                response = await client.get("/api/auth/me", headers=tokens[tenant])
+                if response.status_code == 429:
+                    assert response.headers["content-type"] == "application/problem+json"
+                    assert int(response.headers["retry-after"]) >= 1
+                    return n
+                assert response.status_code == 200, response.text
+            return 10
+
+        assert await allowed("globex") == 3
+        # Another tenant has its own counter, and its plan's limit.
+        assert await allowed("acme") == 5

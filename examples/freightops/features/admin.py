@@ -20,9 +20,9 @@ from examples.freightops.web import (
     int_param,
     invalidate,
     keyset_page,
-    requires,
     tenant_id,
 )
+from freightscale.auth import require_permission
 
 __all__ = ["routes"]
 
@@ -42,7 +42,7 @@ class UserChange(Body):
     full_name: str | None = None
 
 
-@requires("tenant:read")
+@require_permission("tenant:read")
 async def tenant(request: Request) -> Response:
     """``GET /api/tenant``: the principal's tenant and its size."""
     tid = tenant_id(request)
@@ -60,7 +60,7 @@ async def tenant(request: Request) -> Response:
     return JSON(dict(row, users=users))
 
 
-@requires("users:read")
+@require_permission("users:read")
 async def list_users(request: Request) -> Response:
     """``GET /api/users``: the tenant's users."""
     stmt = (
@@ -80,7 +80,7 @@ async def _role_id(conn: object, name: str) -> int:
     return int(role)
 
 
-@requires("users:write")
+@require_permission("users:write")
 async def create_user(request: Request) -> Response:
     """``POST /api/users``: add a user to the tenant."""
     data = await body(request, NewUser)
@@ -113,7 +113,7 @@ async def create_user(request: Request) -> Response:
     )
 
 
-@requires("users:write")
+@require_permission("users:write")
 async def change_user(request: Request) -> Response:
     """``PATCH /api/users/{id}``: change a user's role, name or active flag."""
     change = await body(request, UserChange)

@@ -18,9 +18,9 @@ from examples.freightops.web import (
     int_param,
     invalidate,
     keyset_page,
-    requires,
     tenant_id,
 )
+from freightscale.auth import require_permission
 
 __all__ = ["routes"]
 
@@ -33,7 +33,7 @@ class NewCarrier(Body):
     rating: float = 4.0
 
 
-@requires("carriers:read")
+@require_permission("carriers:read")
 @cached(["carriers"])
 async def list_carriers(request: Request) -> Response:
     """``GET /api/carriers``."""
@@ -42,7 +42,7 @@ async def list_carriers(request: Request) -> Response:
         return JSON(await keyset_page(request, conn, stmt, Carrier.id))
 
 
-@requires("carriers:read")
+@require_permission("carriers:read")
 async def carrier_detail(request: Request) -> Response:
     """``GET /api/carriers/{id}``: the carrier with its driver and shipment counts."""
     tid = tenant_id(request)
@@ -69,7 +69,7 @@ async def carrier_detail(request: Request) -> Response:
     return JSON(carrier)
 
 
-@requires("carriers:write")
+@require_permission("carriers:write")
 async def create_carrier(request: Request) -> Response:
     """``POST /api/carriers``."""
     data = await body(request, NewCarrier)

@@ -11,12 +11,13 @@ from starlette.routing import Route
 
 from examples.freightops.models import Invoice, Load, Shipment, TrackingEvent
 from examples.freightops.runtime import services
-from examples.freightops.web import JSON, cached, requires, tenant_id
+from examples.freightops.web import JSON, cached, tenant_id
+from freightscale.auth import require_permission
 
 __all__ = ["routes"]
 
 
-@requires("dashboard:read")
+@require_permission("dashboard:read")
 @cached([], dashboard=True)
 async def dashboard(request: Request) -> Response:
     """``GET /api/dashboard``: shipments by status, busiest lanes, invoices, activity.

@@ -18,9 +18,9 @@ from examples.freightops.web import (
     int_param,
     invalidate,
     keyset_page,
-    requires,
     tenant_id,
 )
+from freightscale.auth import require_permission
 
 __all__ = ["routes"]
 
@@ -34,7 +34,7 @@ class NewDriver(Body):
     phone: str = ""
 
 
-@requires("drivers:read")
+@require_permission("drivers:read")
 @cached(["drivers"])
 async def list_drivers(request: Request) -> Response:
     """``GET /api/drivers?carrier_id=``."""
@@ -46,7 +46,7 @@ async def list_drivers(request: Request) -> Response:
         return JSON(await keyset_page(request, conn, stmt, Driver.id))
 
 
-@requires("drivers:write")
+@require_permission("drivers:write")
 async def create_driver(request: Request) -> Response:
     """``POST /api/drivers``: add a driver to one of the tenant's carriers."""
     data = await body(request, NewDriver)

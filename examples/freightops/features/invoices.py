@@ -22,9 +22,9 @@ from examples.freightops.web import (
     int_param,
     invalidate,
     keyset_page,
-    requires,
     tenant_id,
 )
+from freightscale.auth import require_permission
 
 __all__ = ["routes"]
 
@@ -47,7 +47,7 @@ class NewInvoice(Body):
     due_days: int = 30
 
 
-@requires("invoices:read")
+@require_permission("invoices:read")
 @cached(["invoices"])
 async def list_invoices(request: Request) -> Response:
     """``GET /api/invoices?status=``."""
@@ -61,7 +61,7 @@ async def list_invoices(request: Request) -> Response:
         return JSON(await keyset_page(request, conn, stmt, Invoice.id))
 
 
-@requires("invoices:read")
+@require_permission("invoices:read")
 async def invoice_detail(request: Request) -> Response:
     """``GET /api/invoices/{id}``."""
     async with services(request).reader() as conn:
@@ -82,7 +82,7 @@ async def invoice_detail(request: Request) -> Response:
     return JSON(dict(row))
 
 
-@requires("invoices:write")
+@require_permission("invoices:write")
 async def create_invoice(request: Request) -> Response:
     """``POST /api/invoices``: bill a delivered shipment."""
     data = await body(request, NewInvoice)

@@ -18,9 +18,9 @@ from examples.freightops.web import (
     int_param,
     invalidate,
     keyset_page,
-    requires,
     tenant_id,
 )
+from freightscale.auth import require_permission
 
 __all__ = ["routes"]
 
@@ -43,7 +43,7 @@ class NewLoad(Body):
     truck: str = ""
 
 
-@requires("loads:read")
+@require_permission("loads:read")
 @cached(["loads"])
 async def list_loads(request: Request) -> Response:
     """``GET /api/loads?status=&shipment_id=&driver_id=&limit=&cursor=``."""
@@ -61,7 +61,7 @@ async def list_loads(request: Request) -> Response:
         return JSON(await keyset_page(request, conn, stmt, Load.id))
 
 
-@requires("loads:read")
+@require_permission("loads:read")
 async def load_detail(request: Request) -> Response:
     """``GET /api/loads/{id}``."""
     async with services(request).reader() as conn:
@@ -82,7 +82,7 @@ async def load_detail(request: Request) -> Response:
     return JSON(dict(row))
 
 
-@requires("loads:write")
+@require_permission("loads:write")
 async def create_load(request: Request) -> Response:
     """``POST /api/loads``: plan a truck movement for one of the tenant's shipments."""
     data = await body(request, NewLoad)

@@ -17,9 +17,9 @@ from examples.freightops.web import (
     cached,
     invalidate,
     keyset_page,
-    requires,
     tenant_id,
 )
+from freightscale.auth import require_permission
 
 __all__ = ["price_cents", "routes"]
 
@@ -36,7 +36,7 @@ def price_cents(base_cents: int, per_kg_cents: int, weight_kg: float) -> int:
     return base_cents + round(per_kg_cents * weight_kg)
 
 
-@requires("quotes:read")
+@require_permission("quotes:read")
 @cached(["rates"])
 async def list_rates(request: Request) -> Response:
     """``GET /api/rates``: the tenant's lanes and prices."""
@@ -47,7 +47,7 @@ async def list_rates(request: Request) -> Response:
         return JSON(await keyset_page(request, conn, stmt, Rate.id))
 
 
-@requires("quotes:read")
+@require_permission("quotes:read")
 @cached(["quotes"])
 async def list_quotes(request: Request) -> Response:
     """``GET /api/quotes``."""
@@ -65,7 +65,7 @@ async def list_quotes(request: Request) -> Response:
         return JSON(await keyset_page(request, conn, stmt, Quote.id))
 
 
-@requires("quotes:write")
+@require_permission("quotes:write")
 async def create_quote(request: Request) -> Response:
     """``POST /api/quotes``: price a lane and weight from the rate table."""
     data = await body(request, QuoteRequest)

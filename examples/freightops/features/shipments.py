@@ -29,9 +29,9 @@ from examples.freightops.web import (
     int_param,
     invalidate,
     keyset_page,
-    requires,
     tenant_id,
 )
+from freightscale.auth import require_permission
 
 __all__ = ["COLUMNS", "routes"]
 
@@ -76,7 +76,7 @@ class StatusChange(Body):
     note: str = ""
 
 
-@requires("shipments:read")
+@require_permission("shipments:read")
 @cached(["shipments"])
 async def list_shipments(request: Request) -> Response:
     """``GET /api/shipments?status=&carrier_id=&origin=&destination=&limit=&cursor=|offset=``."""
@@ -120,7 +120,7 @@ async def fetch_shipment(conn: object, tid: int, shipment_id: int | None) -> dic
     return dict(row)
 
 
-@requires("shipments:read")
+@require_permission("shipments:read")
 @cached(lambda request: [f"shipment:{request.path_params['shipment_id']}"])
 async def shipment_detail(request: Request) -> Response:
     """``GET /api/shipments/{id}``: the shipment with its carrier, loads and invoices."""
@@ -152,7 +152,7 @@ async def shipment_detail(request: Request) -> Response:
     return JSON(shipment)
 
 
-@requires("shipments:write")
+@require_permission("shipments:write")
 async def create_shipment(request: Request) -> Response:
     """``POST /api/shipments``: book a new shipment (status ``pending``)."""
     data = await body(request, NewShipment)
@@ -207,7 +207,7 @@ async def create_shipment(request: Request) -> Response:
     return JSON(shipment, status_code=201, headers={"Location": f"/api/shipments/{new_id}"})
 
 
-@requires("shipments:write")
+@require_permission("shipments:write")
 async def change_status(request: Request) -> Response:
     """``PATCH /api/shipments/{id}/status``: move the shipment along its life cycle."""
     change = await body(request, StatusChange)

@@ -19,9 +19,9 @@ from examples.freightops.web import (
     cached,
     int_param,
     invalidate,
-    requires,
 )
 from examples.freightops.web import tenant_id as current_tenant
+from freightscale.auth import require_permission
 
 __all__ = ["routes"]
 
@@ -49,7 +49,7 @@ async def _owned(conn: object, tid: int, shipment_id: int | None) -> None:
         raise Problem(404, "no such shipment")
 
 
-@requires("tracking:read")
+@require_permission("tracking:read")
 @cached(lambda request: [f"timeline:{request.path_params['shipment_id']}"])
 async def timeline(request: Request) -> Response:
     """``GET /api/shipments/{id}/events``: the shipment's events, oldest first."""
@@ -68,7 +68,7 @@ async def timeline(request: Request) -> Response:
         return JSON({"shipment_id": shipment_id, "events": [dict(r) for r in rows]})
 
 
-@requires("tracking:write")
+@require_permission("tracking:write")
 async def append_event(request: Request) -> Response:
     """``POST /api/shipments/{id}/events``: record a checkpoint, delay or note."""
     event = await body(request, NewEvent)
