@@ -244,3 +244,25 @@ async def test_tenant_none_and_tenant_dash_do_not_share_permissions() -> None:
     second = PermissionCache(loader, store, MemoryBus())  # another instance, same store
     assert await second.get("-", frozenset({"r"})) == frozenset()
     assert calls == [None, "-"]
+
+
+@pytest.mark.parametrize("failure", ["raises", "hangs"])
+async def test_failing_or_slow_permission_loader_is_a_503_not_a_500(failure: str) -> None:
+    async def loader(tenant_id: str | None, roles: frozenset[str]) -> list[str]:
+        if failure == "raises":
+            raise ConnectionRefusedError("the roles database is down")
+        await asyncio.sleep(30)
+        return []
+
+    settings = hs_settings(permission_loader_timeout=0.2)
+    app = AuthMiddleware(make_app(), settings, permission_loader=loader)
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        started = asyncio.get_running_loop().time()
+        response = await client.post("/shipments", headers=bearer(hs_token(roles=["dispatcher"])))
+        elapsed = asyncio.get_running_loop().time() - started
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["retry-after"] == "1"
+    assert elapsed < 5
+    await app.aclose()

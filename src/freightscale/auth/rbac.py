@@ -24,7 +24,7 @@ from typing import Protocol, TypeVar
 from urllib.parse import quote
 
 from freightscale.auth.events import Event, EventBus
-from freightscale.exceptions import StoreError
+from freightscale.exceptions import StoreError, StoreUnavailableError
 from freightscale.stores.base import Store
 from freightscale.telemetry import get_counter
 
@@ -69,6 +69,8 @@ class PermissionCache:
         ttl: seconds a resolved set is cached, locally and in the store.
         max_entries: most (tenant, roles) sets kept locally.
         timeout: seconds a store call may take before the loader is used directly.
+        loader_timeout: seconds the app's loader may take; a loader that fails or
+            is slower raises ``StoreUnavailableError`` (the middleware answers 503).
         clock: monotonic clock, injectable for tests.
     """
 
@@ -81,9 +83,11 @@ class PermissionCache:
         ttl: float = 60.0,
         max_entries: int = 10_000,
         timeout: float = 0.5,
+        loader_timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.loader = loader
+        self.loader_timeout = loader_timeout
         self.store = store
         self.ttl = ttl
         self.timeout = timeout
@@ -171,7 +175,23 @@ class PermissionCache:
     async def _load(self, tenant_id: str | None, roles: frozenset[str]) -> frozenset[str]:
         self.loads += 1
         get_counter("freightscale.auth.permission_cache").add(1, _MISS)
-        return frozenset(str(p) for p in await self.loader(tenant_id, roles))
+        # The loader is the app's code (often a database query): its failure
+        # or slowness is an outage of a dependency, answered with a 503 —
+        # never a 500, never a request that hangs.
+        try:
+            async with asyncio.timeout(self.loader_timeout):
+                granted = await self.loader(tenant_id, roles)
+            return frozenset(str(p) for p in granted)
+        except StoreUnavailableError:
+            raise
+        except TimeoutError as exc:
+            raise StoreUnavailableError(
+                f"the permission loader did not answer within {self.loader_timeout}s"
+            ) from exc
+        except Exception as exc:
+            raise StoreUnavailableError(
+                f"the permission loader failed: {type(exc).__name__}"
+            ) from exc
 
     def _remember(
         self, tenant_id: str | None, version: int, roles: frozenset[str], perms: frozenset[str]

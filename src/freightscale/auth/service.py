@@ -110,6 +110,7 @@ class Authenticator:
                 ttl=settings.permission_ttl,
                 max_entries=settings.permission_max_entries,
                 timeout=settings.redis_timeout,
+                loader_timeout=settings.permission_loader_timeout,
             )
         self._started = False
         self._start_lock = asyncio.Lock()

@@ -141,6 +141,10 @@ class AuthSettings(Section):
     permission_ttl: float = Field(default=60.0, gt=0, le=86_400)
     """Seconds resolved permissions are cached (in process and in Redis) per tenant version."""
 
+    permission_loader_timeout: float = Field(default=5.0, gt=0, le=120)
+    """Seconds the app's permission loader may take; a loader that fails or is
+    slower makes the request a 503 problem (never a 500 or a hang)."""
+
     permission_max_entries: int = Field(default=10_000, ge=1, le=10_000_000)
     """Most (tenant, roles) permission sets kept per process."""
 
