@@ -168,10 +168,11 @@ async def test_cache_entry_dies_at_token_exp() -> None:
 
     auth = Authenticator(hs_settings(leeway=0))
     app = AuthMiddleware(make_app(), authenticator=auth)
-    token = hs_token(exp=int(time.time()) + 1)
+    exp = int(time.time()) + 5  # whole seconds: 4-5 s ahead, never a race with the clock
+    token = hs_token(exp=exp)
     assert (await get(app, bearer(token))).status_code == 200
     entry = next(iter(auth.cache._positive.values()))
-    assert entry.expires_at <= time.time() + 1.0
+    assert entry.expires_at <= exp  # the token's exp, not the 300 s cache ttl
 
 
 @pytest.mark.anyio
