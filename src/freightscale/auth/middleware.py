@@ -1,6 +1,6 @@
 """``AuthMiddleware``: bearer token → principal, tenant checks, Starlette scope keys.
 
-Per request (pure ASGI, no BaseHTTPMiddleware):
+Per request (a pure ASGI middleware):
 
 1. lifespan (and anything but http / websocket) passes straight through, and so
    do ``exempt_paths`` (health checks): no token is even looked at;
