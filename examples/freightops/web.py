@@ -153,6 +153,20 @@ async def keyset_page(
     return {"items": items, "next_cursor": items[-1]["id"] if more and items else None}
 
 
+async def fetch_one(
+    conn: AsyncConnection, stmt: Select[*tuple[Any, ...]], what: str
+) -> dict[str, Any]:
+    """The one row ``stmt`` selects, as a dict, or a 404 problem ("no such <what>").
+
+    Callers filter by the tenant, so another tenant's row is a 404 too: its
+    existence is not revealed.
+    """
+    row = (await conn.execute(stmt)).mappings().one_or_none()
+    if row is None:
+        raise Problem(404, f"no such {what}")
+    return dict(row)
+
+
 TagSource = Sequence[str] | Callable[[Request], Sequence[str]]
 
 

@@ -15,6 +15,7 @@ from examples.freightops.web import (
     Problem,
     body,
     cached,
+    fetch_one,
     int_param,
     invalidate,
     keyset_page,
@@ -48,18 +49,8 @@ async def carrier_detail(request: Request) -> Response:
     tid = tenant_id(request)
     carrier_id = int_param(request, "carrier_id")
     async with services(request).reader() as conn:
-        row = (
-            (
-                await conn.execute(
-                    select(*_COLUMNS).where(Carrier.id == carrier_id, Carrier.tenant_id == tid)
-                )
-            )
-            .mappings()
-            .one_or_none()
-        )
-        if row is None:
-            raise Problem(404, "no such carrier")
-        carrier = dict(row)
+        stmt = select(*_COLUMNS).where(Carrier.id == carrier_id, Carrier.tenant_id == tid)
+        carrier = await fetch_one(conn, stmt, "carrier")
         carrier["drivers"] = await conn.scalar(
             select(func.count()).where(Driver.tenant_id == tid, Driver.carrier_id == carrier_id)
         )

@@ -19,6 +19,7 @@ from examples.freightops.web import (
     Problem,
     body,
     cached,
+    fetch_one,
     int_param,
     invalidate,
     keyset_page,
@@ -64,22 +65,11 @@ async def list_invoices(request: Request) -> Response:
 @require_permission("invoices:read")
 async def invoice_detail(request: Request) -> Response:
     """``GET /api/invoices/{id}``."""
+    stmt = select(*_COLUMNS).where(
+        Invoice.id == int_param(request, "invoice_id"), Invoice.tenant_id == tenant_id(request)
+    )
     async with services(request).reader() as conn:
-        row = (
-            (
-                await conn.execute(
-                    select(*_COLUMNS).where(
-                        Invoice.id == int_param(request, "invoice_id"),
-                        Invoice.tenant_id == tenant_id(request),
-                    )
-                )
-            )
-            .mappings()
-            .one_or_none()
-        )
-    if row is None:
-        raise Problem(404, "no such invoice")
-    return JSON(dict(row))
+        return JSON(await fetch_one(conn, stmt, "invoice"))
 
 
 @require_permission("invoices:write")

@@ -15,6 +15,7 @@ from examples.freightops.web import (
     Problem,
     body,
     cached,
+    fetch_one,
     int_param,
     invalidate,
     keyset_page,
@@ -64,22 +65,11 @@ async def list_loads(request: Request) -> Response:
 @require_permission("loads:read")
 async def load_detail(request: Request) -> Response:
     """``GET /api/loads/{id}``."""
+    stmt = select(*_COLUMNS).where(
+        Load.id == int_param(request, "load_id"), Load.tenant_id == tenant_id(request)
+    )
     async with services(request).reader() as conn:
-        row = (
-            (
-                await conn.execute(
-                    select(*_COLUMNS).where(
-                        Load.id == int_param(request, "load_id"),
-                        Load.tenant_id == tenant_id(request),
-                    )
-                )
-            )
-            .mappings()
-            .one_or_none()
-        )
-    if row is None:
-        raise Problem(404, "no such load")
-    return JSON(dict(row))
+        return JSON(await fetch_one(conn, stmt, "load"))
 
 
 @require_permission("loads:write")

@@ -26,6 +26,7 @@ from examples.freightops.web import (
     Problem,
     body,
     cached,
+    fetch_one,
     int_param,
     invalidate,
     keyset_page,
@@ -102,22 +103,12 @@ async def fetch_shipment(conn: object, tid: int, shipment_id: int | None) -> dic
 
     Another tenant's shipment is a 404 too: its existence is not revealed.
     """
-    row = (
-        (
-            await conn.execute(  # type: ignore[attr-defined]
-                select(*COLUMNS, Carrier.name.label("carrier_name"))
-                .outerjoin(
-                    Carrier, (Carrier.id == Shipment.carrier_id) & (Carrier.tenant_id == tid)
-                )
-                .where(Shipment.id == shipment_id, Shipment.tenant_id == tid)
-            )
-        )
-        .mappings()
-        .one_or_none()
+    stmt = (
+        select(*COLUMNS, Carrier.name.label("carrier_name"))
+        .outerjoin(Carrier, (Carrier.id == Shipment.carrier_id) & (Carrier.tenant_id == tid))
+        .where(Shipment.id == shipment_id, Shipment.tenant_id == tid)
     )
-    if row is None:
-        raise Problem(404, "no such shipment")
-    return dict(row)
+    return await fetch_one(conn, stmt, "shipment")  # type: ignore[arg-type]
 
 
 @require_permission("shipments:read")

@@ -15,7 +15,7 @@ SDK provider (even after they were created).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from opentelemetry import metrics, trace
 
@@ -243,6 +243,17 @@ def _spec(name: str, kind: MetricKind) -> MetricSpec:
     return spec
 
 
+def _instrument(kind: MetricKind, name: str) -> Any:
+    # Created once per (kind, name) from its MetricSpec, then cached.
+    instrument = _instruments.get((kind, name))
+    if instrument is None:
+        spec = _spec(name, kind)
+        create = getattr(get_meter(), f"create_{kind}")
+        instrument = create(spec.name, spec.unit, spec.description)
+        _instruments[(kind, name)] = instrument
+    return instrument
+
+
 def get_counter(name: str) -> metrics.Counter:
     """Return the counter ``name`` (created once, then cached).
 
@@ -250,11 +261,7 @@ def get_counter(name: str) -> metrics.Counter:
         KeyError: when ``name`` is not in :data:`METRICS`.
         TypeError: when ``name`` is not a counter.
     """
-    instrument = _instruments.get(("counter", name))
-    if instrument is None:
-        spec = _spec(name, "counter")
-        instrument = get_meter().create_counter(spec.name, spec.unit, spec.description)
-        _instruments[("counter", name)] = instrument
+    instrument = _instrument("counter", name)
     assert isinstance(instrument, metrics.Counter)
     return instrument
 
@@ -266,11 +273,7 @@ def get_up_down_counter(name: str) -> metrics.UpDownCounter:
         KeyError: when ``name`` is not in :data:`METRICS`.
         TypeError: when ``name`` is not an up-down counter.
     """
-    instrument = _instruments.get(("up_down_counter", name))
-    if instrument is None:
-        spec = _spec(name, "up_down_counter")
-        instrument = get_meter().create_up_down_counter(spec.name, spec.unit, spec.description)
-        _instruments[("up_down_counter", name)] = instrument
+    instrument = _instrument("up_down_counter", name)
     assert isinstance(instrument, metrics.UpDownCounter)
     return instrument
 
@@ -282,10 +285,6 @@ def get_histogram(name: str) -> metrics.Histogram:
         KeyError: when ``name`` is not in :data:`METRICS`.
         TypeError: when ``name`` is not a histogram.
     """
-    instrument = _instruments.get(("histogram", name))
-    if instrument is None:
-        spec = _spec(name, "histogram")
-        instrument = get_meter().create_histogram(spec.name, spec.unit, spec.description)
-        _instruments[("histogram", name)] = instrument
+    instrument = _instrument("histogram", name)
     assert isinstance(instrument, metrics.Histogram)
     return instrument
