@@ -32,7 +32,12 @@ class Counter:
 
 def who(request: Request) -> dict[str, Any]:
     p = request.scope.get("freightscale", {}).get("principal")
-    return {"user": p.user_id if p else None, "tenant": p.tenant_id if p else None}
+    return {
+        "user": p.user_id if p else None,
+        "tenant": p.tenant_id if p else None,
+        "roles": sorted(p.roles) if p else None,
+        "permissions": sorted(p.permissions) if p else None,
+    }
 
 
 def make_app(counter: Counter) -> Starlette:
@@ -95,6 +100,7 @@ def make_app(counter: Counter) -> Starlette:
             Route("/shipments/{id}", update, methods=["POST"]),
             Route("/me", me),
             Route("/tenant", tenant_data),
+            Route("/role", tenant_data),
             Route("/cookie", cookie),
             Route("/nostore", nostore),
             Route("/big", big),
@@ -110,6 +116,7 @@ RULES = (
               invalidate_on_write=True),
     CacheRule(path="/me", scope="user"),
     CacheRule(path="/tenant", scope="tenant"),
+    CacheRule(path="/role", scope="role"),
     CacheRule(path="/cookie"),
     CacheRule(path="/nostore"),
     CacheRule(path="/big"),
@@ -118,7 +125,10 @@ RULES = (
 
 
 class FakeAuth:
-    """Binds a Principal from ``Authorization: Bearer user@tenant`` (test stand-in for auth)."""
+    """Binds a Principal from ``Authorization: Bearer user@tenant[/role,role[/perm,perm]]``.
+
+    A test stand-in for freightscale.auth.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -128,8 +138,15 @@ class FakeAuth:
         if scope["type"] == "http":
             for name, value in scope["headers"]:
                 if name == b"authorization" and value.startswith(b"Bearer "):
-                    user, _, tenant = value[7:].decode().partition("@")
-                    principal = Principal(user_id=user, tenant_id=tenant or None)
+                    user, _, rest = value[7:].decode().partition("@")
+                    tenant, _, rest = rest.partition("/")
+                    roles, _, perms = rest.partition("/")
+                    principal = Principal(
+                        user_id=user,
+                        tenant_id=tenant or None,
+                        roles=frozenset(filter(None, roles.split(","))),
+                        permissions=frozenset(filter(None, perms.split(","))),
+                    )
         with bind_principal(principal, scope):
             await self.app(scope, receive, send)
 

@@ -14,10 +14,20 @@ from freightscale.stores import MemoryStore, Store
 from tests.caching.apps import Counter, build
 from tests.conftest import REDIS_URL
 
-USERS = [("ann", "acme"), ("bob", "acme"), ("cat", "globex"), ("dan", "globex"), ("eve", None)]
-PATHS = ["/tenant", "/me", "/shipments", "/shipments/1"]
+# user, tenant, roles, permissions: ann and bob share a grant, fay's role
+# lost a permission (same roles, other permissions), cat and dan differ.
+USERS = [
+    ("ann", "acme", "dispatcher", "shipments:read"),
+    ("bob", "acme", "dispatcher", "shipments:read"),
+    ("fay", "acme", "dispatcher", ""),
+    ("cat", "globex", "dispatcher", "shipments:read"),
+    ("dan", "globex", "admin,dispatcher", "*"),
+    ("eve", None, "", ""),
+]
+PATHS = ["/tenant", "/role", "/me", "/shipments", "/shipments/1"]
 RULES = (
     CacheRule(path="/tenant", scope="tenant"),
+    CacheRule(path="/role", scope="role"),
     CacheRule(path="/me", scope="user"),
     CacheRule(path="/shipments", scope="public"),
     CacheRule(path="/shipments/{id}", scope="tenant"),
@@ -38,10 +48,10 @@ async def _scenario(store: Store, requests: list[tuple[int, str, str, str | None
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
 
             async def one(user_i: int, path: str, cred: str, extra: str | None) -> None:
-                user, tenant = USERS[user_i]
+                user, tenant, roles, perms = USERS[user_i]
                 headers = {"accept-encoding": "identity"}
                 if cred == "bearer":
-                    headers["authorization"] = f"Bearer {user}@{tenant or ''}"
+                    headers["authorization"] = f"Bearer {user}@{tenant or ''}/{roles}/{perms}"
                 elif cred == "cookie":
                     headers["cookie"] = "fs_session=opaque"  # credentialed, but no principal
                 if extra == "evil.example":
@@ -54,14 +64,18 @@ async def _scenario(store: Store, requests: list[tuple[int, str, str, str | None
                 authed = cred == "bearer"
                 expected_user = user if authed else None
                 expected_tenant = tenant if authed else None
-                shared_by_tenant = path in ("/tenant", "/shipments/1") and authed
+                shared_by_tenant = path in ("/tenant", "/shipments/1", "/role") and authed
                 # Whatever was served (hit or miss) belongs to the requester; a
-                # tenant-scoped entry may have been written by a colleague.
+                # tenant- or role-scoped entry may have been written by a colleague.
                 assert body["tenant"] == expected_tenant
                 if shared_by_tenant:
-                    assert (body["user"], tenant) in USERS
+                    assert any(u[:2] == (body["user"], tenant) for u in USERS)
                 else:
                     assert body["user"] == expected_user
+                if path == "/role" and authed:
+                    # Only a colleague with the same roles and permissions.
+                    assert body["roles"] == sorted(filter(None, roles.split(",")))
+                    assert body["permissions"] == sorted(filter(None, perms.split(",")))
                 if path == "/shipments":
                     assert body["fwd"] is None  # unkeyed header never reached the app
 

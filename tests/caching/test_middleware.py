@@ -83,7 +83,7 @@ async def test_private_only_for_user_rules(setup) -> None:  # type: ignore[no-un
     await c.get("/me", headers=auth)
     hit = await c.get("/me", headers=auth)
     assert hit.headers["x-cache"] == "HIT"
-    assert hit.json() == {"user": "ann", "tenant": "acme"}
+    assert (hit.json()["user"], hit.json()["tenant"]) == ("ann", "acme")
     other = await c.get("/me", headers={"authorization": "Bearer bob@acme"})
     assert other.headers["x-cache"] == "MISS"
     assert other.json()["user"] == "bob"
@@ -318,3 +318,30 @@ async def test_store_factory_is_resolved_on_first_request(store: Store) -> None:
         assert (await c.get("/shipments")).headers["x-cache"] == "HIT"
     assert calls == [1]
     await mw.aclose()
+
+
+async def test_role_scope_shares_only_the_same_grant(setup) -> None:  # type: ignore[no-untyped-def]
+    c, counter, _, _ = setup
+
+    async def get(who: str) -> tuple[str, dict[str, object]]:
+        resp = await c.get("/role", headers={"authorization": f"Bearer {who}"})
+        return resp.headers["x-cache"], resp.json()
+
+    assert (await get("ann@acme/dispatcher/shipments:read"))[0] == "MISS"
+    label, body = await get("bob@acme/dispatcher/shipments:read")
+    assert label == "HIT"
+    assert body["user"] == "ann"
+    # Same roles but other permissions (the role was changed): not shared.
+    label, body = await get("fay@acme/dispatcher/")
+    assert label == "MISS"
+    assert body["user"] == "fay"
+    # Other roles, or another tenant: not shared.
+    label, body = await get("gus@acme/admin,dispatcher/shipments:read")
+    assert label == "MISS"
+    assert body["user"] == "gus"
+    label, body = await get("cat@globex/dispatcher/shipments:read")
+    assert label == "MISS"
+    assert body["tenant"] == "globex"
+    # No tenant: nothing to key on, bypassed.
+    assert (await get("eve@/dispatcher/shipments:read"))[0] == "BYPASS"
+    assert counter.calls["tenant"] == 5

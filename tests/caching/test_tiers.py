@@ -134,3 +134,53 @@ async def test_cluster_l1_coherence(redis_cluster_url: str, redis_prefix: str) -
         await b.aclose()
         await s1.aclose()
         await s2.aclose()
+
+
+_OURS = ("cmdstat_info", "cmdstat_config", "cmdstat_hello", "cmdstat_client")
+
+
+def _calls(server: RedisServer) -> dict[str, int]:
+    import redis
+
+    with redis.Redis.from_url(server.url) as client:
+        stats = client.info("commandstats")
+        client.config_resetstat()
+    # Our own connection's HELLO, INFO and CONFIG RESETSTAT are left out.
+    return {
+        name.removeprefix("cmdstat_"): int(v["calls"])
+        for name, v in stats.items()
+        if not name.startswith(_OURS)
+    }
+
+
+async def test_a_miss_costs_two_round_trips_and_a_hit_one(redis_server: RedisServer) -> None:
+    # One script looks up and locks; one stores, tags and unlocks. Scripts'
+    # inner commands are counted too, so the exact table pins every command.
+    store = RedisStore.from_url(redis_server.url, key_prefix="rt")
+    settings = CacheSettings(rules=RULES, l1_enabled=False)
+    app, mw = build(Counter(), settings, store=store)
+    try:
+        auth = {"authorization": "Bearer a@acme"}
+        transport = httpx.ASGITransport(app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=auth) as c:
+            await c.get("/shipments/0")  # loads the scripts (SCRIPT LOAD / EVAL once)
+            _calls(redis_server)
+            miss = await c.get("/shipments/1")
+            assert miss.headers["x-cache"] == "MISS"
+            after_miss = _calls(redis_server)
+            hit = await c.get("/shipments/1")
+            assert hit.headers["x-cache"] == "HIT"
+            after_hit = _calls(redis_server)
+        tags = 2  # the rule's shipment:{id} and tenant:{tenant}
+        assert after_miss == {
+            "evalsha": 2,  # the two round trips
+            "get": 2,  # lookup; the lock check before releasing it
+            "set": 2,  # the lock; the entry
+            "del": 1,  # the lock's release
+            "sadd": tags,
+            "pexpire": tags,
+        }
+        assert after_hit == {"evalsha": 1, "get": 1}
+    finally:
+        await mw.aclose()
+        await store.aclose()

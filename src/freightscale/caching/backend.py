@@ -214,6 +214,73 @@ class CacheBackend:
             l1.put(key, stored)
         return stored
 
+    async def get_or_lock(self, key: str) -> tuple[bytes | None, str | None]:
+        """Look ``key`` up; if it is absent, try its fill lock in the same step.
+
+        Returns ``(value, None)`` when stored (L1 first), ``(None, token)``
+        when absent and this caller took the lock (fill it with :meth:`fill`,
+        which releases it), ``(None, None)`` when absent and another caller
+        holds the lock. With Redis this is one round trip.
+
+        Raises:
+            StoreUnavailableError: the store is down (callers bypass the cache).
+        """
+        l1 = self.l1 if self._l1_live() else None
+        if l1 is not None:
+            item = l1.get(key)
+            if item is not None:
+                value: bytes = item[1]
+                return value, None
+        if self.redis is None:
+            stored = await self._guard(lambda: self.store.get(key))
+            if stored is not None:
+                return stored, None
+            count = await self._guard(
+                lambda: self.store.incr("l:" + key, expires_in=self.settings.lock_ttl)
+            )
+            return None, ("1" if count == 1 else None)
+        found, token = await self._guard(lambda: self.redis.get_or_lock(key))  # type: ignore[union-attr]
+        if found is not None and l1 is not None:
+            l1.put(key, found)
+        return found, token
+
+    async def fill(
+        self,
+        key: str,
+        value: bytes,
+        *,
+        expires_in: float,
+        tags: Iterable[str] = (),
+        lock_token: str = "",
+        replaces: bool = True,
+    ) -> bool:
+        """Store a filled entry and release its fill lock ``lock_token``; False if dropped.
+
+        Like :meth:`set`, in one round trip with Redis. ``replaces=False``
+        says the lookup that took the lock found no entry, so no other
+        instance can hold one in its L1 and no invalidation message is sent.
+        """
+        self._ensure()
+        if self.redis is None:
+            stored = await self.set(key, value, expires_in=expires_in, tags=tags)
+            if lock_token:
+                await self.unlock(key, lock_token)
+            return stored
+        tag_list = list(dict.fromkeys(tags))
+        ttl_ms = max(1, int(expires_in * 1000))
+        publish = replaces and self.l1 is not None
+        try:
+            await self._guard(
+                lambda: self.redis.fill(  # type: ignore[union-attr]
+                    key, value, ttl_ms, tag_list, lock_token, publish=publish
+                )
+            )
+        except StoreUnavailableError:
+            return False
+        if self._l1_live() and self.l1 is not None:
+            self.l1.put(key, value, expires_in)
+        return True
+
     async def set(
         self, key: str, value: bytes, *, expires_in: float, tags: Iterable[str] = ()
     ) -> bool:

@@ -28,6 +28,7 @@ from freightscale.caching.rules import (
     cache_key,
     format_tags,
     normalize_accept_encoding,
+    role_scope_id,
 )
 from freightscale.caching.singleflight import SingleFlight
 from freightscale.context import Principal, get_principal, scope_state
@@ -73,6 +74,8 @@ class CacheRequest:
         self.if_none_match: bytes | None = None
         self.bypass = False
         self.refresh_only = False
+        self._lock_token = ""  # the fill lock this request holds, until its store releases it
+        self._replaces = True  # the stored entry may replace one other instances' L1 hold
         accept: str | None = None
         host = ""
         credentialed = self.principal is not None
@@ -103,11 +106,13 @@ class CacheRequest:
         if scope_kind == "public":
             self.bypass = self.bypass or credentialed
         elif self.principal is None or (
-            scope_kind == "tenant" and self.principal.tenant_id is None
+            scope_kind in ("tenant", "role") and self.principal.tenant_id is None
         ):
-            self.bypass = True  # nothing to key a tenant/user entry on
+            self.bypass = True  # nothing to key a tenant/role/user entry on
         elif scope_kind == "tenant":
             scope_id = f"t:{self.principal.tenant_id}"
+        elif scope_kind == "role":
+            scope_id = role_scope_id(self.principal)
         else:
             scope_id = f"u:{self.principal.tenant_id}\x00{self.principal.user_id}"
         ae = normalize_accept_encoding(accept, mw.encodings)
@@ -165,9 +170,10 @@ class CacheRequest:
         result: CacheEntry | None = None
         try:
             entry: CacheEntry | None = None
+            token: str | None = None
             if not self.refresh_only:
                 try:
-                    entry = await self._lookup()
+                    entry, token = await self._lookup_or_lock()
                 except StoreError:
                     _fallbacks.add(1, _FALLBACK)
                     await self._bypass(receive, send)
@@ -189,7 +195,7 @@ class CacheRequest:
                 return
             fallback = entry if entry is not None and now < entry.sie_until else None
             _requests.add(1, {"result": "miss"})
-            result = await self._fill(receive, send, fallback)
+            result = await self._fill(receive, send, fallback, token)
         finally:
             mw.flight.finish(self.key, result)
 
@@ -225,12 +231,37 @@ class CacheRequest:
         self.mw.cache.remember(self.key, entry)
         return entry
 
+    async def _lookup_or_lock(self) -> tuple[CacheEntry | None, str | None]:
+        """The stored entry, or None and the fill lock's token if the lookup took it."""
+        raw, token = await self.mw.cache.get_or_lock(self.key)
+        if raw is None:
+            return None, token
+        try:
+            entry = decode_entry(raw)
+        except CorruptEntry:
+            logger.warning("dropping a corrupt response cache entry %s", self.key)
+            with contextlib.suppress(StoreError):
+                await self.mw.cache.delete(self.key)
+            return None, None
+        self.mw.cache.remember(self.key, entry)
+        return entry, None
+
     async def _fill(
-        self, receive: Receive, send: Send, fallback: CacheEntry | None
+        self,
+        receive: Receive,
+        send: Send,
+        fallback: CacheEntry | None,
+        token: str | None = None,
     ) -> CacheEntry | None:
-        """Leader of this process: take the cross-instance lock, or wait for its holder."""
+        """Leader of this process: hold the cross-instance lock, or wait for its holder.
+
+        ``token``: the lock, already taken by the lookup that found no entry
+        (nothing to double-check, and no other instance's L1 holds the key).
+        """
         mw = self.mw
-        token = await mw.cache.lock(self.key)
+        locked_by_lookup = token is not None
+        if token is None:
+            token = await mw.cache.lock(self.key)
         if token is None:
             # Another instance is filling this key.
             shared = fallback or await self._wait_for_fill()
@@ -239,8 +270,10 @@ class CacheRequest:
                 await self._send_shared(send, shared)
                 return shared
             token = ""  # waited long enough: run the handler ourselves
+        self._lock_token = token
+        self._replaces = not locked_by_lookup
         try:
-            if token and not self.refresh_only:
+            if token and not locked_by_lookup and not self.refresh_only:
                 # Double-check: another instance may have filled the key and
                 # released its lock between our lookup and our lock.
                 with contextlib.suppress(StoreError):
@@ -251,7 +284,8 @@ class CacheRequest:
                         return filled
             return await self._run(receive, send, fallback)
         finally:
-            await mw.cache.unlock(self.key, token)
+            if self._lock_token:  # not released by the store
+                await mw.cache.unlock(self.key, self._lock_token)
 
     async def _send_shared(self, send: Send, entry: CacheEntry) -> None:
         now = self.mw.clock()
@@ -341,8 +375,17 @@ class CacheRequest:
         return tags
 
     async def _store(self, entry: CacheEntry, tags: list[str]) -> None:
+        """Store the entry and release the fill lock in the same step."""
         lifetime = max(entry.swr_until, entry.sie_until) - entry.stored_at
-        await self.mw.cache.set(self.key, encode_entry(entry), expires_in=lifetime, tags=tags)
+        token, self._lock_token = self._lock_token, ""
+        await self.mw.cache.fill(
+            self.key,
+            encode_entry(entry),
+            expires_in=lifetime,
+            tags=tags,
+            lock_token=token,
+            replaces=self._replaces,
+        )
 
     async def refresh(self) -> None:
         """Background refresh for stale-while-revalidate (holds the fill lock)."""
@@ -350,6 +393,7 @@ class CacheRequest:
         token = await mw.cache.lock(self.key)
         if token is None:
             return
+        self._lock_token, self._replaces = token, True
         try:
             scope = dict(self.scope)
             self.state = scope["freightscale"] = dict(self.state)
@@ -366,4 +410,5 @@ class CacheRequest:
         except Exception:
             logger.warning("background refresh of %s failed", self.scope["path"], exc_info=True)
         finally:
-            await mw.cache.unlock(self.key, token)
+            if self._lock_token:  # not released by the store
+                await mw.cache.unlock(self.key, self._lock_token)

@@ -14,9 +14,13 @@ import hashlib
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode
 
 from freightscale.settings.cache import CacheRule, CacheSettings
+
+if TYPE_CHECKING:
+    from freightscale.context import Principal
 
 __all__ = [
     "CompiledRule",
@@ -25,6 +29,7 @@ __all__ = [
     "format_tags",
     "match_rule",
     "normalize_accept_encoding",
+    "role_scope_id",
 ]
 
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::(path|str))?\}")
@@ -138,7 +143,11 @@ def cache_key(
     vary_values: list[str],
     accept_encoding: str,
 ) -> str:
-    """Return the store key of a request (``r:<scope kind>:<digest>``)."""
+    """Return the store key of a request (``r:<scope kind>:{<digest>}``).
+
+    The digest is a Redis hash tag: the entry's fill lock (``l:`` + key)
+    lives in the same Cluster slot, so one script can look up and lock.
+    """
     args = (scope_kind, scope_id, host, root_path, path, query_string, tuple(vary_values))
     if len(path) + len(query_string) <= 512:
         # Hot keys repeat: a bounded memo skips the parse, format and digest.
@@ -164,10 +173,36 @@ def _key(
     parts = [scope_id, host.lower(), root_path, path, query, accept_encoding, *vary_values]
     material = "".join(f"{len(p)}:{p}" for p in parts)
     digest = hashlib.blake2b(material.encode("utf-8", "surrogatepass"), digest_size=20)
-    return f"r:{scope_kind}:{digest.hexdigest()}"
+    return f"r:{scope_kind}:{{{digest.hexdigest()}}}"
 
 
 _key_cached = lru_cache(maxsize=4096)(_key)
+
+
+def role_scope_id(principal: Principal) -> str:
+    """Scope id of a ``role`` rule: the tenant and what the principal may do.
+
+    Principals of one tenant with the same roles, scopes and resolved
+    permissions pass the same permission checks, so they may share an entry.
+    Permissions are part of the id: when a role's permissions change, its
+    holders stop matching entries cached under the old grant at once.
+    """
+    return _role_scope_id(
+        principal.tenant_id or "", principal.roles, principal.scopes, principal.permissions
+    )
+
+
+@lru_cache(maxsize=4096)
+def _role_scope_id(
+    tenant: str, roles: frozenset[str], scopes: frozenset[str], permissions: frozenset[str]
+) -> str:
+    # Counted groups of length-prefixed parts: unambiguous whatever names hold.
+    parts = [tenant]
+    for group in (roles, scopes, permissions):
+        parts += [str(len(group)), *sorted(group)]
+    material = "".join(f"{len(p)}:{p}" for p in parts)
+    digest = hashlib.blake2b(material.encode("utf-8", "surrogatepass"), digest_size=16)
+    return "g:" + digest.hexdigest()
 
 
 class _Blank(dict[str, str]):

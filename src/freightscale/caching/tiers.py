@@ -1,8 +1,12 @@
 """Redis-side helpers of the cache: tag index, fill lock and L1 coherence.
 
-Only used when the cache's store is a :class:`~freightscale.stores.redis.RedisStore`;
-every command is single-key (or a non-transactional pipeline of single-key
-commands), so a Redis Cluster works as well as one node.
+Only used when the cache's store is a :class:`~freightscale.stores.redis.RedisStore`.
+The miss path costs two round trips: one script looks the entry up and, if
+it is absent, takes the fill lock in the same step; one script stores the
+filled entry, indexes its tags and releases the lock. A script touches only
+keys of one Cluster slot: response keys carry a hash tag that their lock key
+shares, and on a Cluster the tag sets (other slots) go in a pipeline beside
+the script. Keys without a shared slot fall back to single-key commands.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 
 from freightscale.backends.redis import driver_kwargs, ensure_ready
 from freightscale.stores.redis import RedisStore
@@ -30,6 +35,34 @@ _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+
+
+# KEYS: entry, lock. ARGV: token, lock ttl (ms).
+# The entry's bytes; else 1 when this caller took the lock, 0 when another holds it.
+_GET_OR_LOCK = """
+local value = redis.call('get', KEYS[1])
+if value then return value end
+if redis.call('set', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
+
+# KEYS: entry, lock, tag sets... ARGV: value, ttl (ms), tag ttl (ms), lock token
+# ("" = none), the entry's key as tag sets list it, channel ("" = no publish), message.
+_FILL = """
+redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+for i = 3, #KEYS do
+  redis.call('sadd', KEYS[i], ARGV[5])
+  redis.call('pexpire', KEYS[i], ARGV[3])
+end
+if ARGV[4] ~= '' and redis.call('get', KEYS[2]) == ARGV[4] then redis.call('del', KEYS[2]) end
+if ARGV[6] ~= '' then redis.call('publish', ARGV[6], ARGV[7]) end
+return 1
+"""
+
+
+def _as_bytes(value: bytes | bytearray | str) -> bytes:
+    # The store's client never decodes, but a caller's client might.
+    return value.encode() if isinstance(value, str) else bytes(value)
 
 
 def tag_key(tag: str) -> str:
@@ -48,6 +81,9 @@ class RedisCacheOps:
         self.channel = store.full_key("invalidate")
         self.origin = secrets.token_hex(8)
         self._release = self.client.register_script(_RELEASE)
+        self._get_or_lock = self.client.register_script(_GET_OR_LOCK)
+        self._fill = self.client.register_script(_FILL)
+        self._cluster = isinstance(self.client, RedisCluster)
         self._listener: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
         self._ready = not isinstance(self.client, RedisCluster)
@@ -94,14 +130,82 @@ class RedisCacheOps:
         """Try the fill lock of ``key``; return its token, or None if held elsewhere."""
         await self.ready()
         token = secrets.token_hex(8)
-        ok = await self.client.set(
-            self.store.full_key("l:" + key), token, nx=True, px=self.lock_ttl_ms
-        )
+        ok = await self.client.set(self._lock_key(key), token, nx=True, px=self.lock_ttl_ms)
         return token if ok else None
+
+    def _lock_key(self, key: str) -> str:
+        return self.store.full_key("l:" + key)
+
+    def scripted(self, key: str) -> bool:
+        """True when ``key`` and its lock key live in one slot (always, off a Cluster)."""
+        if not self._cluster:
+            return True
+        return key_slot(self.store.full_key(key).encode()) == key_slot(self._lock_key(key).encode())
+
+    async def get_or_lock(self, key: str) -> tuple[bytes | None, str | None]:
+        """One round trip: ``(value, None)`` if stored, else ``(None, token or None)``.
+
+        The lock is tried only when the entry is absent, atomically with the
+        lookup: a token means no entry existed and this caller fills it;
+        None means another caller holds the lock.
+        """
+        await self.ready()
+        if not self.scripted(key):
+            value = await self.client.get(self.store.full_key(key))
+            if value is not None:
+                return _as_bytes(value), None
+            return None, await self.lock(key)
+        token = secrets.token_hex(8)
+        result = await self._get_or_lock(
+            keys=[self.store.full_key(key), self._lock_key(key)],
+            args=[token, self.lock_ttl_ms],
+        )
+        if isinstance(result, bytes | bytearray | str):
+            return _as_bytes(result), None
+        return None, (token if result == 1 else None)
+
+    async def fill(
+        self,
+        key: str,
+        value: bytes,
+        ttl_ms: int,
+        tags: list[str],
+        token: str,
+        *,
+        publish: bool,
+    ) -> None:
+        """Store ``value``, index it under ``tags``, release the lock ``token`` ("" = none).
+
+        One script on one node; on a Cluster the tag sets go in a pipeline beside
+        it. ``publish`` tells the other instances to drop ``key`` from their L1
+        (needed only when the entry replaces one they may hold).
+        """
+        await self.ready()
+        if not self.scripted(key):
+            await self.client.set(self.store.full_key(key), value, px=ttl_ms)
+            if tags:
+                await self.add_tags(key, tags)
+            if token:
+                await self.unlock(key, token)
+            if publish:
+                await self.publish([key])
+            return
+        tag_keys = [self.store.full_key(tag_key(tag)) for tag in tags]
+        message = json.dumps({"o": self.origin, "k": [key]}) if publish else ""
+        args: list[bytes | str | int] = [
+            value, ttl_ms, self.tag_ttl_ms, token, key, self.channel if publish else "",
+        ]  # fmt: skip
+        keys = [self.store.full_key(key), self._lock_key(key)]
+        if self._cluster:
+            if tag_keys:
+                await self.add_tags(key, tags)
+            await self._fill(keys=keys, args=[*args, message])
+            return
+        await self._fill(keys=[*keys, *tag_keys], args=[*args, message])
 
     async def unlock(self, key: str, token: str) -> None:
         """Release the lock if it is still ours (compare-and-delete in Lua)."""
-        await self._release(keys=[self.store.full_key("l:" + key)], args=[token])
+        await self._release(keys=[self._lock_key(key)], args=[token])
 
     async def publish(self, keys: Iterable[str]) -> None:
         """Tell the other instances to drop ``keys`` from their L1."""

@@ -33,9 +33,11 @@ class CacheRule(Section):
     ttl: float | None = Field(default=None, gt=0, le=86_400)
     """Seconds a response stays fresh (None: ``default_ttl``)."""
 
-    scope: Literal["public", "tenant", "user"] = "public"
+    scope: Literal["public", "tenant", "role", "user"] = "public"
     """Who shares an entry: everyone (only requests *without* credentials are
-    served), everyone of one tenant, or one user (principal)."""
+    served), everyone of one tenant, everyone of one tenant holding the same
+    roles, scopes and permissions (``role``: for routes whose response depends
+    only on the tenant and on what the principal may do), or one user (principal)."""
 
     stale_while_revalidate: float = Field(default=0.0, ge=0, le=86_400)
     """Seconds after expiry during which the stale copy is served while one
@@ -152,7 +154,7 @@ class CacheSettings(Section):
         default=("fs_session", "session", "sessionid"), max_length=32
     )
     """Cookie names that make a request credentialed (like ``Authorization``):
-    such requests are only served from ``tenant`` or ``user`` scoped rules."""
+    such requests are only served from ``tenant``, ``role`` or ``user`` scoped rules."""
 
     unkeyed_headers: tuple[str, ...] = Field(
         default=(
