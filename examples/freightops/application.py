@@ -96,14 +96,16 @@ def cache_settings(settings: FreightScaleSettings, config: AppConfig) -> CacheSe
     the verified principal. A cache hit is answered before the route's
     ``require_permission`` runs, so a body may only be shared by requests
     that would all pass that check: ``tenant`` scope for the shipment reads
-    (every role holds ``shipments:read``), ``user`` scope for the routes only
-    some roles may read (a driver never gets an accountant's cached invoices).
-    Handlers tag their responses (``@cached``) and writes invalidate those
-    tags; the dashboard is TTL-only.
+    (every role holds ``shipments:read``), ``role`` scope for the routes only
+    some roles may read (a driver never gets an accountant's cached invoices,
+    but every dispatcher of a tenant shares one copy). No read route's body
+    depends on who the user is, so none needs ``user`` scope. Handlers tag
+    their responses (``@cached``) and writes invalidate those tags; the
+    dashboard is TTL-only.
     """
 
     def rule(
-        path: str, scope: Literal["tenant", "user"] = "user", ttl: float = config.list_cache_ttl
+        path: str, scope: Literal["tenant", "role"] = "role", ttl: float = config.list_cache_ttl
     ) -> CacheRule:
         return CacheRule(path=path, scope=scope, ttl=ttl)
 
@@ -174,7 +176,11 @@ def ratelimit_settings(settings: FreightScaleSettings, config: AppConfig) -> Rat
     without one, e.g. the login itself, count per client IP) and the plan
     loader gives each tenant its plan's limits. Unless set in the
     environment, the rule's own limits (used when the plan cannot be read)
-    are the ``standard`` plan's and the strategy is the cheap fixed window.
+    are the ``standard`` plan's, the strategy is the cheap fixed window, and
+    the rule is ``approximate``: each instance counts locally and reconciles
+    with Redis every 50 ms in the background: no Redis round trip per request,
+    and a plan limit tolerates the documented overshoot (a single worker is
+    exact; N workers may admit a few requests per sync interval more).
     ``FREIGHTSCALE_RATELIMIT__IP_LIMITS`` adds the per-IP layer outside auth.
     """
     current = settings.ratelimit
@@ -183,6 +189,8 @@ def ratelimit_settings(settings: FreightScaleSettings, config: AppConfig) -> Rat
         update["default"] = config.plan_limits.get("standard", current.default)
     if "strategy" not in current.model_fields_set:
         update["strategy"] = "fixed-window"
+    if "approximate" not in current.model_fields_set:
+        update["approximate"] = True
     return current.model_copy(update=update)
 
 

@@ -154,14 +154,17 @@ async def keyset_page(
 
 
 async def fetch_one(
-    conn: AsyncConnection, stmt: Select[*tuple[Any, ...]], what: str
+    conn: AsyncConnection,
+    stmt: Select[*tuple[Any, ...]],
+    what: str,
+    params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The one row ``stmt`` selects, as a dict, or a 404 problem ("no such <what>").
+    """The one row ``stmt`` selects (with bound ``params``), as a dict, or a 404 problem.
 
-    Callers filter by the tenant, so another tenant's row is a 404 too: its
-    existence is not revealed.
+    Callers filter by the tenant, so another tenant's row is a 404 too ("no
+    such <what>"): its existence is not revealed.
     """
-    row = (await conn.execute(stmt)).mappings().one_or_none()
+    row = (await conn.execute(stmt, params)).mappings().one_or_none()
     if row is None:
         raise Problem(404, f"no such {what}")
     return dict(row)

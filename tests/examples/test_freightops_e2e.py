@@ -413,3 +413,69 @@ async def test_cache_never_serves_a_body_to_a_role_without_the_permission(
             "/api/invoices?limit=5", headers={**driver, "X-FreightOps-Role": "accountant"}
         )
         assert forged.status_code == 403
+
+
+async def test_shipment_detail_in_one_statement_matches_the_database(
+    fs_workers: tuple[Server, Server], fo_database_url: str
+) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(fo_database_url)
+    try:
+        async with engine.connect() as conn:
+            sid, tenant = (
+                await conn.execute(
+                    text(
+                        "SELECT s.id, s.tenant_id FROM shipments s JOIN tenants t"
+                        " ON t.id = s.tenant_id AND t.slug = 'acme'"
+                        " WHERE EXISTS (SELECT 1 FROM loads l WHERE l.shipment_id = s.id)"
+                        " AND EXISTS (SELECT 1 FROM invoices i WHERE i.shipment_id = s.id)"
+                        " ORDER BY s.id LIMIT 1"
+                    )
+                )
+            ).one()
+            loads = await conn.execute(
+                text("SELECT id, status, truck FROM loads WHERE shipment_id = :s ORDER BY id"),
+                {"s": sid},
+            )
+            invoices = await conn.execute(
+                text("SELECT id, number, amount_cents FROM invoices WHERE shipment_id = :s"),
+                {"s": sid},
+            )
+            events = await conn.scalar(
+                text("SELECT count(*) FROM tracking_events WHERE shipment_id = :s"), {"s": sid}
+            )
+            expected_loads = [tuple(r) for r in loads]
+            expected_invoices = sorted(tuple(r) for r in invoices)
+    finally:
+        await engine.dispose()
+    async with httpx.AsyncClient(base_url=fs_workers[0].url, timeout=10) as client:
+        headers = bearer(await login(client, "viewer@acme.example"))
+        detail = (await client.get(f"/api/shipments/{sid}", headers=headers)).json()
+    assert detail["id"] == sid
+    assert sorted((x["id"], x["status"], x["truck"]) for x in detail["loads"]) == expected_loads
+    got = sorted((x["id"], x["number"], x["amount_cents"]) for x in detail["invoices"])
+    assert got == expected_invoices
+    assert detail["events"] == events
+    assert expected_loads  # the query above chose a shipment with children
+    assert tenant is not None
+
+
+async def test_role_scoped_entries_are_shared_by_colleagues_with_the_same_role(
+    fs_workers: tuple[Server, Server],
+) -> None:
+    async with httpx.AsyncClient(base_url=fs_workers[0].url, timeout=10) as client:
+        first = bearer(await login(client, "dispatcher@acme.example"))
+        colleague = bearer(await login(client, "dispatcher2@acme.example"))
+        accountant = bearer(await login(client, "accountant@acme.example"))
+        mine = await client.get("/api/carriers", headers=first)
+        assert mine.status_code == 200
+        theirs = await client.get("/api/carriers", headers=colleague)
+        assert theirs.headers["x-cache"] in ("HIT", "STALE")  # one copy per tenant and role
+        assert theirs.json() == mine.json()
+        other_role = await client.get("/api/carriers", headers=accountant)
+        if other_role.status_code == 200:
+            assert other_role.headers["x-cache"] == "MISS"  # not the dispatchers' copy
+        else:
+            assert other_role.status_code == 403

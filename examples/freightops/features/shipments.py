@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Integer, Select, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,6 +21,7 @@ from examples.freightops.models import (
     TrackingEvent,
 )
 from examples.freightops.runtime import services
+from examples.freightops.sql import json_rows
 from examples.freightops.web import (
     JSON,
     Body,
@@ -111,35 +113,45 @@ async def fetch_shipment(conn: object, tid: int, shipment_id: int | None) -> dic
     return await fetch_one(conn, stmt, "shipment")  # type: ignore[arg-type]
 
 
+def _detail_statement() -> Select[*tuple[Any, ...]]:
+    """The shipment, its carrier's name, loads, invoices and event count: one statement.
+
+    Built once, with bound parameters ``tid`` and ``sid``: the child sets are
+    JSON-aggregating scalar subqueries, so a cache miss costs one round trip.
+    """
+    tid, sid = bindparam("tid", type_=Integer), bindparam("sid", type_=Integer)
+    loads = select(json_rows(Load.id, Load.status, Load.driver_id, Load.truck)).where(
+        Load.tenant_id == tid, Load.shipment_id == Shipment.id
+    )
+    invoices = select(
+        json_rows(Invoice.id, Invoice.number, Invoice.status, Invoice.amount_cents)
+    ).where(Invoice.tenant_id == tid, Invoice.shipment_id == Shipment.id)
+    events = select(func.count()).where(
+        TrackingEvent.tenant_id == tid, TrackingEvent.shipment_id == Shipment.id
+    )
+    return (
+        select(
+            *COLUMNS,
+            Carrier.name.label("carrier_name"),
+            loads.scalar_subquery().label("loads"),
+            invoices.scalar_subquery().label("invoices"),
+            events.scalar_subquery().label("events"),
+        )
+        .outerjoin(Carrier, (Carrier.id == Shipment.carrier_id) & (Carrier.tenant_id == tid))
+        .where(Shipment.id == sid, Shipment.tenant_id == tid)
+    )
+
+
+_DETAIL = _detail_statement()
+
+
 @require_permission("shipments:read")
 @cached(lambda request: [f"shipment:{request.path_params['shipment_id']}"])
 async def shipment_detail(request: Request) -> Response:
     """``GET /api/shipments/{id}``: the shipment with its carrier, loads and invoices."""
-    tid = tenant_id(request)
-    shipment_id = int_param(request, "shipment_id")
+    params = {"tid": tenant_id(request), "sid": int_param(request, "shipment_id")}
     async with services(request).reader() as conn:
-        shipment = await fetch_shipment(conn, tid, shipment_id)
-        loads = (
-            await conn.execute(
-                select(Load.id, Load.status, Load.driver_id, Load.truck).where(
-                    Load.tenant_id == tid, Load.shipment_id == shipment_id
-                )
-            )
-        ).mappings()
-        shipment["loads"] = [dict(r) for r in loads]
-        invoices = (
-            await conn.execute(
-                select(Invoice.id, Invoice.number, Invoice.status, Invoice.amount_cents).where(
-                    Invoice.tenant_id == tid, Invoice.shipment_id == shipment_id
-                )
-            )
-        ).mappings()
-        shipment["invoices"] = [dict(r) for r in invoices]
-        shipment["events"] = await conn.scalar(
-            select(func.count()).where(
-                TrackingEvent.tenant_id == tid, TrackingEvent.shipment_id == shipment_id
-            )
-        )
+        shipment = await fetch_one(conn, _DETAIL, "shipment", params)
     return JSON(shipment)
 
 
