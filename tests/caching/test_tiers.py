@@ -153,7 +153,7 @@ def _calls(server: RedisServer) -> dict[str, int]:
     }
 
 
-async def test_a_miss_costs_two_round_trips_and_a_hit_one(redis_server: RedisServer) -> None:
+async def test_round_trips_miss_two_hit_one_invalidation_one(redis_server: RedisServer) -> None:
     # One script looks up and locks; one stores, tags and unlocks. Scripts'
     # inner commands are counted too, so the exact table pins every command.
     store = RedisStore.from_url(redis_server.url, key_prefix="rt")
@@ -163,7 +163,8 @@ async def test_a_miss_costs_two_round_trips_and_a_hit_one(redis_server: RedisSer
         auth = {"authorization": "Bearer a@acme"}
         transport = httpx.ASGITransport(app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=auth) as c:
-            await c.get("/shipments/0")  # loads the scripts (SCRIPT LOAD / EVAL once)
+            await c.get("/shipments/0")  # loads the scripts (SCRIPT LOAD once each)
+            await mw.cache.invalidate(["nothing-yet"])
             _calls(redis_server)
             miss = await c.get("/shipments/1")
             assert miss.headers["x-cache"] == "MISS"
@@ -171,6 +172,8 @@ async def test_a_miss_costs_two_round_trips_and_a_hit_one(redis_server: RedisSer
             hit = await c.get("/shipments/1")
             assert hit.headers["x-cache"] == "HIT"
             after_hit = _calls(redis_server)
+            assert await mw.cache.invalidate(["shipment:1", "tenant:acme"]) == 2
+            after_invalidate = _calls(redis_server)
         tags = 2  # the rule's shipment:{id} and tenant:{tenant}
         assert after_miss == {
             "evalsha": 2,  # the two round trips
@@ -181,6 +184,15 @@ async def test_a_miss_costs_two_round_trips_and_a_hit_one(redis_server: RedisSer
             "pexpire": tags,
         }
         assert after_hit == {"evalsha": 1, "get": 1}
+        # Invalidation: one script pops both tag sets, unlinks the two entries
+        # (/shipments/0 and /1 share tenant:acme) and publishes to other L1s.
+        assert after_invalidate == {
+            "evalsha": 1,
+            "smembers": 2,
+            "del": 2,
+            "unlink": 1,
+            "publish": 1,
+        }
     finally:
         await mw.aclose()
         await store.aclose()

@@ -351,10 +351,8 @@ class CacheBackend:
     async def _invalidate(self, tags: list[str]) -> int:
         self._ensure()
         if self.redis is not None:
-            keys = await self._guard(lambda: self.redis.pop_tagged(tags))  # type: ignore[union-attr]
+            keys = await self._guard(lambda: self.redis.invalidate(tags))  # type: ignore[union-attr]
             self._evict_local(list(keys))
-            if keys:
-                await self._guard(lambda: self.redis.publish(keys))  # type: ignore[union-attr]
             return len(keys)
         keys = set()
         for tag in tags:

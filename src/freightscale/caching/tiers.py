@@ -60,6 +60,35 @@ return 1
 """
 
 
+# KEYS: tag sets. ARGV: entry-key prefix, channel ("" = no publish), origin.
+# Pops every entry under the tags, deletes the sets, tells other instances' L1.
+# Entry keys are read from the sets, so this runs on one node only (not a Cluster).
+_POP_TAGGED = """
+local keys, seen = {}, {}
+for i = 1, #KEYS do
+  for _, member in ipairs(redis.call('smembers', KEYS[i])) do
+    if not seen[member] then
+      seen[member] = true
+      keys[#keys + 1] = member
+    end
+  end
+  redis.call('del', KEYS[i])
+end
+for i = 1, #keys, 500 do
+  local full, part = {}, {}
+  for j = i, math.min(i + 499, #keys) do
+    full[#full + 1] = ARGV[1] .. keys[j]
+    part[#part + 1] = keys[j]
+  end
+  redis.call('unlink', unpack(full))
+  if ARGV[2] ~= '' then
+    redis.call('publish', ARGV[2], cjson.encode({o = ARGV[3], k = part}))
+  end
+end
+return keys
+"""
+
+
 def _as_bytes(value: bytes | bytearray | str) -> bytes:
     # The store's client never decodes, but a caller's client might.
     return value.encode() if isinstance(value, str) else bytes(value)
@@ -83,6 +112,7 @@ class RedisCacheOps:
         self._release = self.client.register_script(_RELEASE)
         self._get_or_lock = self.client.register_script(_GET_OR_LOCK)
         self._fill = self.client.register_script(_FILL)
+        self._pop_tagged = self.client.register_script(_POP_TAGGED)
         self._cluster = isinstance(self.client, RedisCluster)
         self._listener: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
@@ -103,6 +133,25 @@ class RedisCacheOps:
             pipe.sadd(full, key)
             pipe.pexpire(full, self.tag_ttl_ms)
         await pipe.execute()
+
+    async def invalidate(self, tags: list[str]) -> set[str]:
+        """Delete every entry under ``tags`` and the tag sets, and tell the other instances.
+
+        One script (one round trip) on a single node or Sentinel; on a Cluster,
+        where entries spread over slots, :meth:`pop_tagged` and :meth:`publish`.
+        Returns the entry keys.
+        """
+        await self.ready()
+        if self._cluster:
+            keys = await self.pop_tagged(tags)
+            if keys:
+                await self.publish(keys)
+            return keys
+        found = await self._pop_tagged(
+            keys=[self.store.full_key(tag_key(tag)) for tag in tags],
+            args=[self.store.full_key(""), self.channel, self.origin],
+        )
+        return {_as_bytes(k).decode() for k in found}
 
     async def pop_tagged(self, tags: Iterable[str]) -> set[str]:
         """Delete every entry under ``tags`` and the tag sets; return the entry keys."""
