@@ -132,6 +132,27 @@ async def test_dispatcher_creates_shipment_and_sees_it_in_the_list_right_after(
             f"/api/shipments/{new_id}/status", headers=bearer(token), json={"status": "delivered"}
         )
         assert invalid.status_code == 409
+        # Booking with a carrier: the created row (RETURNING) carries its name;
+        # another tenant's carrier id is refused.
+        carrier = (await one.get("/api/carriers", headers=bearer(token))).json()["items"][0]
+        with_carrier = await one.post(
+            "/api/shipments",
+            headers=bearer(token),
+            json={"customer": "E2E Foods", "origin": "Hamburg", "destination": "Graz",
+                  "weight_kg": 80, "carrier_id": carrier["id"]},
+        )  # fmt: skip
+        assert with_carrier.status_code == 201, with_carrier.text
+        assert with_carrier.json()["carrier_name"] == carrier["name"]
+        assert with_carrier.json()["status"] == "pending"
+        globex = bearer(await login(one, "dispatcher@globex.example"))
+        theirs = (await one.get("/api/carriers", headers=globex)).json()["items"][0]["id"]
+        refused = await one.post(
+            "/api/shipments",
+            headers=bearer(token),
+            json={"customer": "X", "origin": "A", "destination": "B", "weight_kg": 1,
+                  "carrier_id": theirs},
+        )  # fmt: skip
+        assert refused.status_code == 422
 
 
 async def test_list_filters_and_keyset_pagination(fs_workers: tuple[Server, Server]) -> None:

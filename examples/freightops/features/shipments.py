@@ -169,15 +169,17 @@ async def create_shipment(request: Request) -> Response:
     now = dt.datetime.now(dt.UTC)
     try:
         async with services(request).writer() as conn:
+            carrier_name = None
             if data.carrier_id is not None:
-                found = await conn.scalar(
-                    select(Carrier.id).where(
+                carrier_name = await conn.scalar(
+                    select(Carrier.name).where(
                         Carrier.id == data.carrier_id, Carrier.tenant_id == tid
                     )
                 )
-                if found is None:
+                if carrier_name is None:
                     raise Problem(422, "no such carrier")
-            new_id = await conn.scalar(
+            # RETURNING the row: no read-back query.
+            created = await conn.execute(
                 insert(Shipment)
                 .values(
                     tenant_id=tid,
@@ -192,8 +194,10 @@ async def create_shipment(request: Request) -> Response:
                     created_at=now,
                     updated_at=now,
                 )
-                .returning(Shipment.id)
+                .returning(*COLUMNS)
             )
+            shipment = {**created.mappings().one(), "carrier_name": carrier_name}
+            new_id = shipment["id"]
             await conn.execute(
                 insert(TrackingEvent).values(
                     tenant_id=tid,
@@ -203,7 +207,6 @@ async def create_shipment(request: Request) -> Response:
                     occurred_at=now,
                 )
             )
-            shipment = await fetch_shipment(conn, tid, new_id)
     except IntegrityError:
         raise Problem(409, f"reference {reference!r} is already used") from None
     await invalidate(request, "shipments")
