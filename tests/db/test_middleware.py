@@ -305,3 +305,33 @@ async def test_a_non_database_500_is_passed_on_unchanged(
     assert r.status_code == 500
     assert r.text == "Internal Server Error"
     assert await count(database_url, "plain-500") == 0
+
+
+async def test_a_request_that_never_asks_creates_no_session(
+    database_url: str, table: str, make_database: Callable[..., Database]
+) -> None:
+    db = make_database(url=database_url)
+    made: list[object] = []
+    real = db.session
+
+    def counting(state: Any = None) -> Any:
+        made.append(state)
+        return real(state)
+
+    db.session = counting  # type: ignore[method-assign]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/db":
+            await get_session(scope).execute(INSERT, {"name": "lazy", "code": None})
+            assert get_session(scope) is get_session(scope)  # one per request
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with client(DatabaseSessionMiddleware(app, database=db)) as http:
+        for _ in range(3):
+            assert (await http.get("/static")).status_code == 200
+        assert made == []  # no session object, no cleanup work
+        assert (await http.post("/db")).status_code == 200
+    assert len(made) == 1
+    assert await count(database_url, "lazy") == 1
+    assert checked_out(db) == 0

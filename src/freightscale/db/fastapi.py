@@ -27,10 +27,9 @@ from sqlalchemy import exc as sa_exc
 from starlette.requests import Request
 from starlette.responses import Response
 
-from freightscale.context import scope_state
 from freightscale.db.database import Database
 from freightscale.db.errors import DatabaseUnavailableError, is_unavailable, unavailable_response
-from freightscale.db.middleware import SESSION_KEY, close_session
+from freightscale.db.middleware import close_session, request_session
 from freightscale.db.routing import RoutingAsyncSession, RoutingState
 
 __all__ = ["add_exception_handlers", "session_dependency"]
@@ -48,8 +47,8 @@ def session_dependency(
     """
 
     async def database_session(request: Request) -> AsyncIterator[RoutingAsyncSession]:
-        existing = scope_state(request.scope).get(SESSION_KEY)
-        if isinstance(existing, RoutingAsyncSession):
+        existing = request_session(request.scope)
+        if existing is not None:
             yield existing
             return
         database.start()

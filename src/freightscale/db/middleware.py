@@ -1,5 +1,8 @@
 """Request-scoped sessions: one routing ``AsyncSession`` per HTTP request.
 
+The session is created lazily, on the first :func:`get_session` call: a
+request whose handler never touches the database (a cache hit below, a
+health probe, a static page) costs no session object and no cleanup.
 The session is committed just before a successful (< 400) response starts,
 so the client never sees a success whose commit failed; it is rolled back
 for an error response or an exception, and always closed — also when the
@@ -25,7 +28,7 @@ from freightscale.settings.database import DatabaseSettings
 from freightscale.stores import Store
 from freightscale.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["DatabaseSessionMiddleware", "close_session", "get_session"]
+__all__ = ["DatabaseSessionMiddleware", "close_session", "get_session", "request_session"]
 
 logger = logging.getLogger("freightscale.db")
 
@@ -43,13 +46,24 @@ def get_session(request_or_scope: Any) -> RoutingAsyncSession:
         RuntimeError: the request did not pass through :class:`DatabaseSessionMiddleware`.
     """
     scope = getattr(request_or_scope, "scope", request_or_scope)
-    session = scope_state(scope).get(SESSION_KEY)
-    if not isinstance(session, RoutingAsyncSession):
+    session = request_session(scope)
+    if session is None:
         raise RuntimeError(
             "no database session in this request: wrap the app in "
             "DatabaseSessionMiddleware (or use freightscale.db.fastapi's dependency)"
         )
     return session
+
+
+def request_session(scope: Scope) -> RoutingAsyncSession | None:
+    """The session the middleware (or the FastAPI dependency) gives this request, or None.
+
+    The middleware's session is created here, on first use.
+    """
+    found = scope_state(scope).get(SESSION_KEY)
+    if isinstance(found, _Responder):
+        return found.session
+    return found if isinstance(found, RoutingAsyncSession) else None
 
 
 async def close_session(session: RoutingAsyncSession, *, rollback: bool) -> None:
@@ -113,24 +127,31 @@ class _Responder:
         self.db = middleware.database
         self.scope = scope
         self.state = RoutingState()
-        self.session = self.db.session(self.state)
+        self._session: RoutingAsyncSession | None = None
         self.status: int | None = None
         self.forwarded = False  # anything reached the real ``send``
         self.held: list[Message] | None = None
         self.held_bytes = 0
+
+    @property
+    def session(self) -> RoutingAsyncSession:
+        """The request's session, created on first use."""
+        if self._session is None:
+            self._session = self.db.session(self.state)
+        return self._session
 
     async def run(self, receive: Receive, send: Send) -> None:
         self.send = send
         db = self.db
         db.start()
         await db.load_marker(self.scope, self.state)
-        scope_state(self.scope)[SESSION_KEY] = self.session
+        scope_state(self.scope)[SESSION_KEY] = self  # the session, lazily
         failed = True
         try:
             await self.mw.app(self.scope, receive, self._send)
             failed = False
         except Exception as exc:
-            await close_session(self.session, rollback=True)
+            await self._close(rollback=True)
             # A bare ConnectionError only means "database" if the database was used.
             reason = is_unavailable(exc) if self.state.used else None
             if reason is None or self.forwarded:
@@ -146,13 +167,21 @@ class _Responder:
         finally:
             if failed:
                 # Cancelled or failed: nothing may stay checked out.
-                await close_session(self.session, rollback=True)
+                await self._close(rollback=True)
             else:
                 await self._finish()
             scope_state(self.scope).pop(SESSION_KEY, None)
 
+    async def _close(self, *, rollback: bool) -> None:
+        if self._session is not None:
+            await close_session(self._session, rollback=rollback)
+
     async def _finish(self) -> None:
         """The app returned: settle work done after the response started, then close."""
+        if self._session is None:
+            # The handler never asked for the session: nothing to settle or close.
+            await self._flush()
+            return
         try:
             if self.session.in_transaction():
                 if self.status is not None and self.status < 400:
@@ -170,7 +199,7 @@ class _Responder:
     async def _send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.status = status = int(message["status"])
-            if not self.session.in_transaction():
+            if self._session is None or not self._session.in_transaction():
                 pass  # the handler did not touch the database (or settled it itself)
             elif status < 400:
                 # Commit before the client can see success; a failure raises
