@@ -64,6 +64,14 @@ class Services:
         """A transaction on the primary (``async with services.writer() as conn``)."""
         return self.engine.begin()
 
+    def autocommit(self) -> AsyncConnection:
+        """A connection on the primary whose every statement commits by itself.
+
+        For a write that is one statement (``INSERT … SELECT … RETURNING``):
+        no BEGIN / COMMIT round trips around it.
+        """
+        return self.engine.execution_options(isolation_level="AUTOCOMMIT").connect()
+
     def adopt_engines(self, engines: Engines) -> None:
         """Use ``engines`` (e.g. the stack's database layer) instead of our own.
 

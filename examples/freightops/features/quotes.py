@@ -72,7 +72,9 @@ async def create_quote(request: Request) -> Response:
     if not 0 < data.weight_kg <= 100_000:
         raise Problem(422, "weight_kg must be in (0, 100000]")
     tid = tenant_id(request)
-    async with services(request).writer() as conn:
+    # Two single statements, no transaction: the rate read and the insert
+    # need not be atomic (a quote prices the lane as it was when asked).
+    async with services(request).autocommit() as conn:
         rate = (
             await conn.execute(
                 select(Rate.base_cents, Rate.per_kg_cents).where(

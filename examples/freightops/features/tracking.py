@@ -5,7 +5,17 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import Integer, Select, bindparam, insert, select
+from sqlalchemy import (
+    DateTime,
+    Integer,
+    Select,
+    String,
+    Text,
+    bindparam,
+    insert,
+    literal,
+    select,
+)
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -42,14 +52,6 @@ class NewEvent(Body):
     location: str = ""
     note: str = ""
     occurred_at: dt.datetime | None = None
-
-
-async def _owned(conn: object, tid: int, shipment_id: int | None) -> None:
-    found = await conn.scalar(  # type: ignore[attr-defined]
-        select(Shipment.id).where(Shipment.id == shipment_id, Shipment.tenant_id == tid)
-    )
-    if found is None:
-        raise Problem(404, "no such shipment")
 
 
 def _timeline_statement() -> Select[*tuple[Any, ...]]:
@@ -97,20 +99,27 @@ async def append_event(request: Request) -> Response:
         raise Problem(422, "kind must have 1 to 30 characters")
     tid = current_tenant(request)
     shipment_id = int_param(request, "shipment_id")
-    async with services(request).writer() as conn:
-        await _owned(conn, tid, shipment_id)
-        new_id = await conn.scalar(
-            insert(TrackingEvent)
-            .values(
-                tenant_id=tid,
-                shipment_id=shipment_id,
-                kind=event.kind,
-                location=event.location[:60],
-                note=event.note[:2000],
-                occurred_at=event.occurred_at or dt.datetime.now(dt.UTC),
-            )
-            .returning(TrackingEvent.id)
+    # One statement, so no transaction: the event is inserted only if the
+    # tenant owns the shipment (INSERT … SELECT … WHERE); no row back: 404.
+    source = select(
+        literal(tid, Integer),
+        Shipment.id,
+        literal(event.kind, String),
+        literal(event.location[:60], String),
+        literal(event.note[:2000], Text),
+        literal(event.occurred_at or dt.datetime.now(dt.UTC), DateTime(timezone=True)),
+    ).where(Shipment.id == shipment_id, Shipment.tenant_id == tid)
+    stmt = (
+        insert(TrackingEvent)
+        .from_select(
+            ["tenant_id", "shipment_id", "kind", "location", "note", "occurred_at"], source
         )
+        .returning(TrackingEvent.id)
+    )
+    async with services(request).autocommit() as conn:
+        new_id = await conn.scalar(stmt)
+    if new_id is None:
+        raise Problem(404, "no such shipment")
     await invalidate(request, f"timeline:{shipment_id}", f"shipment:{shipment_id}")
     return JSON({"id": new_id, "shipment_id": shipment_id, "kind": event.kind}, status_code=201)
 
