@@ -102,8 +102,7 @@ def compress(encoding: str, body: bytes, level: int) -> bytes:
         out: bytes = brotli.compress(body, quality=level)
         return out
     if encoding == "gzip":
-        obj = zlib.compressobj(level, zlib.DEFLATED, 31)
-        return obj.compress(body) + obj.flush()
+        return zlib.compress(body, level, wbits=31)  # gzip container, no extra copy
     if encoding == "zstd" and _zstd is not None:
         # ZstdCompressor objects are reusable but not thread-safe; the event
         # loop thread is the only user.

@@ -9,8 +9,6 @@ responses pass through, ETags are weakened, nothing is compressed twice.
 
 from __future__ import annotations
 
-from starlette.datastructures import MutableHeaders
-
 from freightscale.compression.encoders import Encoder, available_encodings, compress, new_encoder
 from freightscale.compression.negotiation import IDENTITY, negotiate
 from freightscale.context import SCOPE_KEY
@@ -28,6 +26,12 @@ _UNCOMPRESSIBLE_STATUS = frozenset({204, 206, 304})
 _responses = get_counter("freightscale.compression.responses")  # encoding
 _bytes = get_counter("freightscale.compression.bytes")  # encoding, direction
 _IDENTITY_LABELS = {"encoding": IDENTITY}
+# Response header names read when the body starts (names are lowercase in ASGI).
+_WATCHED = frozenset(
+    {b"content-type", b"content-encoding", b"content-range", b"cache-control", b"content-length"}
+)
+_MEMO_SIZE = 256  # per-instance memo of Accept-Encoding / Content-Type decisions
+_MEMO_VALUE_MAX = 256  # longer (possibly hostile) values are decided but not memoized
 
 
 class CompressionMiddleware:
@@ -53,6 +57,11 @@ class CompressionMiddleware:
         self._type_prefixes = tuple(t for t in types if t.endswith("/"))
         self._types = frozenset(t for t in types if not t.endswith("/"))
         self.minimum_size = config.minimum_size
+        # Decisions that depend only on one header value, memoized (bounded).
+        self._choices: dict[bytes | None, str] = {None: IDENTITY}
+        self._compressible: dict[bytes, bool] = {}
+        # Metric attributes per coding, built once instead of per response.
+        self._labels = {e: _Labels(e) for e in ("br", "gzip", "zstd")}
 
     def __repr__(self) -> str:
         return f"CompressionMiddleware(offered={self.offered!r})"
@@ -61,14 +70,16 @@ class CompressionMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        accept: str | None = None
+        accept: bytes | None = None
         ranged = False
         for name, value in scope["headers"]:
             if name == b"accept-encoding":
-                accept = value.decode("latin-1")
+                accept = value
             elif name == b"range":
                 ranged = True
-        encoding = negotiate(accept, self.offered) or IDENTITY
+        encoding = self._choices.get(accept)
+        if encoding is None:
+            encoding = self._choose(accept)
         if ranged or scope["method"] == "HEAD":
             encoding = IDENTITY
         state = scope.get(SCOPE_KEY)
@@ -76,12 +87,45 @@ class CompressionMiddleware:
         responder = _Responder(self, send, encoding, cached)
         await self.app(scope, receive, responder.send)
 
+    def _choose(self, accept: bytes | None) -> str:
+        encoding = negotiate(None if accept is None else accept.decode("latin-1"), self.offered)
+        encoding = encoding or IDENTITY
+        if accept is not None and len(accept) <= _MEMO_VALUE_MAX:
+            if len(self._choices) >= _MEMO_SIZE:
+                self._choices.clear()
+                self._choices[None] = IDENTITY
+            self._choices[accept] = encoding
+        return encoding
+
     def compressible(self, content_type: str) -> bool:
         """True when ``content_type`` is on the allowlist."""
         media = content_type.partition(";")[0].strip().lower()
         if media == "text/event-stream":
             return self.config.compress_event_streams
         return media in self._types or media.startswith(self._type_prefixes)
+
+    def _compressible_raw(self, content_type: bytes) -> bool:
+        known = self._compressible.get(content_type)
+        if known is None:
+            known = self.compressible(content_type.decode("latin-1"))
+            if len(content_type) <= _MEMO_VALUE_MAX:
+                if len(self._compressible) >= _MEMO_SIZE:
+                    self._compressible.clear()
+                self._compressible[content_type] = known
+        return known
+
+
+class _Labels:
+    """Metric attributes of one coding (the API copies them; never mutated)."""
+
+    __slots__ = ("bytes_in", "bytes_out", "name", "raw", "response")
+
+    def __init__(self, encoding: str) -> None:
+        self.name = encoding
+        self.raw = encoding.encode("latin-1")
+        self.response = {"encoding": encoding}
+        self.bytes_in = {"encoding": encoding, "direction": "in"}
+        self.bytes_out = {"encoding": encoding, "direction": "out"}
 
 
 class _Responder:
@@ -113,51 +157,50 @@ class _Responder:
         if kind != "http.response.body":  # pathsend / zerocopy: cannot compress
             await self._pass(start, message, vary=False)
             return
-        headers = MutableHeaders(scope=start)
-        if not self.mw.compressible(headers.get("content-type", "")):
+        mw = self.mw
+        # One pass over the headers instead of one scan per header looked up
+        # (the first occurrence of each name counts, as in Starlette's Headers).
+        found: dict[bytes, bytes] = {}
+        for name, value in start["headers"]:
+            if name in _WATCHED and name not in found:
+                found[name] = value
+        if not mw._compressible_raw(found.get(b"content-type", b"")):
             await self._pass(start, message, vary=False)
             return
-        if (
-            start["status"] in _UNCOMPRESSIBLE_STATUS
-            or start["status"] < 200
-            or "content-encoding" in headers
-            or "content-range" in headers
-        ):
+        status = start["status"]
+        encoded = b"content-encoding" in found
+        if status in _UNCOMPRESSIBLE_STATUS or status < 200 or encoded or b"content-range" in found:
             # Already encoded (never twice), partial, or bodiless.
-            await self._pass(start, message, vary="content-encoding" not in headers)
+            await self._pass(start, message, vary=not encoded)
             return
-        body: bytes = message.get("body", b"")
-        more: bool = message.get("more_body", False)
-        if self.encoding == IDENTITY or "no-transform" in headers.get("cache-control", ""):
+        if self.encoding == IDENTITY or b"no-transform" in found.get(b"cache-control", b""):
             await self._pass(start, message, vary=True)
             return
-        if not more:
-            if len(body) < self.mw.minimum_size:
+        body: bytes = message.get("body", b"")
+        labels = mw._labels[self.encoding]
+        if not message.get("more_body", False):
+            # The whole body in one message (the common case): one-shot compression.
+            if len(body) < mw.minimum_size:
                 await self._pass(start, message, vary=True)
                 return
             data = compress(self.encoding, body, self._level())
-            self._count(len(body), len(data))
-            _mark_encoded(headers, self.encoding)
-            headers["content-length"] = str(len(data))
+            _responses.add(1, labels.response)
+            _bytes.add(len(body), labels.bytes_in)
+            _bytes.add(len(data), labels.bytes_out)
+            length = str(len(data)).encode("latin-1")
+            start["headers"] = _encoded_headers(start["headers"], labels.raw, length)
             await self.send_(start)
             await self.send_({"type": "http.response.body", "body": data})
             return
-        declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) < self.mw.minimum_size:
+        declared = found.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) < mw.minimum_size:
             await self._pass(start, message, vary=True)
             return
         self.encoder = new_encoder(self.encoding, self._level())
-        _responses.add(1, {"encoding": self.encoding})
-        _mark_encoded(headers, self.encoding)
-        del headers["content-length"]
+        _responses.add(1, labels.response)
+        start["headers"] = _encoded_headers(start["headers"], labels.raw, None)
         await self.send_(start)
         await self._stream(message)
-
-    def _count(self, size_in: int, size_out: int) -> None:
-        encoding = self.encoding
-        _responses.add(1, {"encoding": encoding})
-        _bytes.add(size_in, {"encoding": encoding, "direction": "in"})
-        _bytes.add(size_out, {"encoding": encoding, "direction": "out"})
 
     def _level(self) -> int:
         levels = self.mw.cached_levels if self.cached else self.mw.levels
@@ -167,7 +210,7 @@ class _Responder:
         self.passthrough = True
         if vary:
             _responses.add(1, _IDENTITY_LABELS)
-            _add_vary(MutableHeaders(scope=start))
+            start["headers"] = _with_vary(start["headers"])
         await self.send_(start)
         await self.send_(message)
 
@@ -181,28 +224,64 @@ class _Responder:
         data = self.encoder.compress(body)
         if not more:
             data += self.encoder.finish()
-        encoding = self.encoding
-        _bytes.add(len(body), {"encoding": encoding, "direction": "in"})
-        _bytes.add(len(data), {"encoding": encoding, "direction": "out"})
+        labels = self.mw._labels[self.encoding]
+        _bytes.add(len(body), labels.bytes_in)
+        _bytes.add(len(data), labels.bytes_out)
         if data or not more:
             await self.send_({"type": "http.response.body", "body": data, "more_body": more})
 
 
-def _add_vary(headers: MutableHeaders) -> None:
-    vary = headers.get("vary")
-    if vary is None:
-        headers["vary"] = "Accept-Encoding"
-    elif vary.strip() != "*" and "accept-encoding" not in vary.lower():
-        headers["vary"] = f"{vary}, Accept-Encoding"
+def _vary_value(vary: bytes) -> bytes | None:
+    """``vary`` with Accept-Encoding added, or None when it already covers it."""
+    if vary.strip() == b"*" or b"accept-encoding" in vary.lower():
+        return None
+    return vary + b", Accept-Encoding"
 
 
-def _mark_encoded(headers: MutableHeaders, encoding: str) -> None:
-    headers["content-encoding"] = encoding
-    _add_vary(headers)
-    etag = headers.get("etag")
-    if etag is not None and not etag.startswith("W/"):
-        # The bytes changed, so a strong validator would now lie.
-        headers["etag"] = "W/" + etag
-    if "accept-ranges" in headers:
-        # Byte ranges of the encoded body are not what the client would ask for.
-        del headers["accept-ranges"]
+def _with_vary(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """A copy of ``raw`` whose first Vary header names Accept-Encoding."""
+    headers = list(raw)  # never mutate the app's list: it may be shared
+    for i, (name, value) in enumerate(headers):
+        if name == b"vary":
+            combined = _vary_value(value)
+            if combined is not None:
+                headers[i] = (name, combined)
+            return headers
+    headers.append((b"vary", b"Accept-Encoding"))
+    return headers
+
+
+def _encoded_headers(
+    raw: list[tuple[bytes, bytes]], encoding: bytes, length: bytes | None
+) -> list[tuple[bytes, bytes]]:
+    """The start headers of an encoded body, built in one pass.
+
+    Adds Content-Encoding and Vary: Accept-Encoding, sets Content-Length to
+    ``length`` (drops it when None: streamed), weakens ETags (the bytes
+    changed, so a strong validator would now lie) and drops Accept-Ranges
+    (byte ranges of the encoded body are not what the client would ask for).
+    """
+    headers: list[tuple[bytes, bytes]] = []
+    has_vary = has_length = False
+    for name, value in raw:
+        if name == b"content-length":
+            if length is not None and not has_length:
+                headers.append((name, length))
+                has_length = True
+            continue
+        if name == b"vary":
+            if not has_vary:
+                has_vary = True
+                value = _vary_value(value) or value
+        elif name == b"etag":
+            if not value.startswith(b"W/"):
+                value = b"W/" + value
+        elif name == b"accept-ranges":
+            continue
+        headers.append((name, value))
+    headers.append((b"content-encoding", encoding))
+    if not has_vary:
+        headers.append((b"vary", b"Accept-Encoding"))
+    if length is not None and not has_length:
+        headers.append((b"content-length", length))
+    return headers
