@@ -219,3 +219,23 @@ def test_event_stream_events_arrive_one_by_one(server: int, encoding: str) -> No
     # The generator sleeps 0.3 s between events: they must not arrive together.
     assert arrivals[1][0] - arrivals[0][0] > 0.2
     assert arrivals[2][0] - arrivals[1][0] > 0.2
+
+
+async def test_every_vary_header_of_the_app_is_kept() -> None:
+    # Several Vary headers: Accept-Encoding joins the first, the others stay
+    # (a downstream cache must still vary on the cookie and the language).
+    async def varied(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"vary", b"Cookie"),
+            (b"vary", b"Accept-Language"),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": BODY})
+
+    result = await call(CompressionMiddleware(varied), "/", {"accept-encoding": "br"})
+    assert result.headers.get("content-encoding") == "br"
+    varies = [v.decode() for k, v in result.start["headers"] if k == b"vary"]
+    tokens = {t.strip().lower() for v in varies for t in v.split(",")}
+    assert tokens == {"cookie", "accept-language", "accept-encoding"}
+    assert decode("br", result.body) == BODY
