@@ -138,7 +138,14 @@ class SessionMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        await _Responder(self, scope)(receive, send)
+        responder = _Responder(self, scope)
+        try:
+            await responder(receive, send)
+        finally:
+            # The session's loader is a bound method of the responder, which holds
+            # the session: break that cycle so each request's objects are freed at
+            # once instead of piling up for the garbage collector.
+            responder.session._loader = None
 
     async def aclose(self) -> None:
         """Close the backend if this middleware created it (stops its cleanup task)."""
