@@ -119,15 +119,6 @@ def encode_record(data: SessionData | None, version: int, expires_at: float) -> 
     return f'{{"v":{int(version)},"e":{expires_at!r},"d":{body}}}'.encode()
 
 
-def _loads(raw: bytes | str) -> Any:
-    try:
-        return orjson.loads(raw)  # several times faster than json on every session read
-    except orjson.JSONDecodeError:
-        # orjson is stricter (integers beyond 64 bits, NaN, a BOM, lone
-        # surrogates): what the standard library accepts stays readable.
-        return json.loads(raw)
-
-
 def decode_record(raw: bytes | str) -> SessionRecord:
     """Parse a stored record.
 
@@ -135,7 +126,12 @@ def decode_record(raw: bytes | str) -> SessionRecord:
         CorruptSessionError: for invalid JSON or a wrong shape.
     """
     try:
-        value = _loads(raw)
+        try:
+            value = orjson.loads(raw)  # several times faster than json, on every session read
+        except orjson.JSONDecodeError:
+            # orjson is stricter (integers beyond 64 bits, NaN, a BOM, lone
+            # surrogates): what the standard library accepts stays readable.
+            value = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # (UnicodeDecodeError is a ValueError)
         raise CorruptSessionError(f"stored session is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
