@@ -64,6 +64,9 @@ __all__ = [
     "translate_redis_error",
 ]
 
+_get_running_loop = asyncio.get_running_loop
+_current_task = asyncio.current_task
+
 try:  # redis-py >= 7: without an explicit version, every new connection reads package metadata
     from redis.driver_info import DriverInfo as _DriverInfo
 except ImportError:  # pragma: no cover - older redis-py resolves its version once at import
@@ -291,6 +294,7 @@ class _DeadlineConnection(aioredis.Connection):
     def __init__(self, *, command_timeout: float | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._command_timeout = command_timeout
+        self._timeout = command_timeout or 0.0
         self._op_task: asyncio.Task[Any] | None = None
         self._op_cancelling = 0
         self._op_deadline = 0.0
@@ -300,17 +304,17 @@ class _DeadlineConnection(aioredis.Connection):
         self._timer_loop: asyncio.AbstractEventLoop | None = None
 
     def _arm(self, extra: float = 0.0) -> asyncio.Task[Any] | None:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task(loop)
-        if task is None or self._command_timeout is None:
+        # Callers have checked that a command_timeout is set.
+        loop = _get_running_loop()
+        task = _current_task(loop)
+        if task is None:
             return None
         self._op_task = task
         self._op_cancelling = task.cancelling()
-        self._op_deadline = deadline = loop.time() + self._command_timeout + extra
-        timer = self._timer
-        if timer is None or self._timer_loop is not loop or self._timer_when > deadline:
-            if timer is not None:  # (a connecting write had a later deadline)
-                timer.cancel()
+        deadline = self._op_deadline = loop.time() + self._timeout + extra
+        if self._timer is None or self._timer_when > deadline or self._timer_loop is not loop:
+            if self._timer is not None:  # a connecting write's later deadline, or another loop
+                self._timer.cancel()
             self._schedule(loop, deadline)
         return task
 
