@@ -5,7 +5,7 @@ small JSON body, and ``GET /login`` creates a session holding that user.
 
 * ``bare``          no sessions (the baseline)
 * ``get``           one bare redis-py ``GET`` per request (the floor a Redis session can reach)
-* ``get-fs``        the same GET through ``create_redis_client`` (bounded blocking pool, retries)
+* ``get-fs``        the same GET through ``create_redis_client`` (bounded pool, timeouts, retries)
 * ``freightscale``  freightscale's SessionMiddleware, Redis backend, ``await load_session``
 * ``starsessions``  starsessions' SessionMiddleware + RedisStore, ``await load_session``
 """

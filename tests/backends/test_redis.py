@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from freightscale.backends.redis import create_redis_client, parse_redis_url, ping
 from freightscale.exceptions import ConfigurationError, StoreUnavailableError
@@ -148,5 +151,136 @@ async def test_cluster_client_spreads_keys(redis_cluster_url: str, redis_prefix:
         owners = {client.get_node_from_key(k).name for k in keys}
         assert len(owners) == 3
         await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+async def test_socket_timeout_bounds_a_read_and_the_client_recovers(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    settings = RedisSettings(url=redis_server.url, socket_timeout=0.3, retries=0)  # type: ignore[arg-type]
+    client = create_redis_client(settings)
+    key = f"{redis_prefix}:k"
+    try:
+        await client.set(key, b"v")
+        assert redis_server.process is not None
+        os.kill(redis_server.process.pid, signal.SIGSTOP)  # the server stops answering
+        try:
+            started = time.monotonic()
+            with pytest.raises(RedisTimeoutError, match=r"socket_timeout=0\.3"):
+                await client.get(key)
+            elapsed = time.monotonic() - started
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+        assert 0.3 <= elapsed < 0.3 + 0.5
+        # The timed-out connection was dropped: the next command gets a fresh one.
+        assert await client.get(key) == b"v"
+        # Timers are re-armed per connection, not per command: many quick
+        # commands spanning several timeouts never trip one.
+        for _ in range(20):
+            assert await client.get(key) == b"v"
+            await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+
+
+async def test_socket_timeout_bounds_a_write_the_server_does_not_read(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    settings = RedisSettings(url=redis_server.url, socket_timeout=0.3, retries=0)  # type: ignore[arg-type]
+    client = create_redis_client(settings)
+    try:
+        await client.ping()
+        assert redis_server.process is not None
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            # Far more than the socket buffers hold: the write itself has to wait.
+            with pytest.raises(RedisTimeoutError, match="writing"):
+                await client.set(f"{redis_prefix}:big", b"x" * 64_000_000)
+            elapsed = time.monotonic() - started
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+        assert elapsed < 0.3 + 0.7
+        assert await client.ping() is True
+        # The half-sent SET was dropped with its socket: it never runs later.
+        await asyncio.sleep(0.2)
+        assert await client.exists(f"{redis_prefix}:big") == 0
+    finally:
+        await client.aclose()
+
+
+async def test_an_outer_cancellation_is_not_turned_into_a_timeout(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    settings = RedisSettings(url=redis_server.url, socket_timeout=0.3, retries=0)  # type: ignore[arg-type]
+    client = create_redis_client(settings)
+    try:
+        await client.ping()
+        assert redis_server.process is not None
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        try:
+            # An outer timeout shorter than socket_timeout wins, as itself.
+            started = time.monotonic()
+            with pytest.raises(TimeoutError) as caught:
+                async with asyncio.timeout(0.1):
+                    await client.get(f"{redis_prefix}:k")
+            assert not isinstance(caught.value, RedisTimeoutError)
+            assert time.monotonic() - started < 0.3
+            # A plain cancel stays a cancel, even when it lands after socket_timeout.
+            task = asyncio.ensure_future(client.get(f"{redis_prefix}:k"))
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+        assert await client.ping() is True
+    finally:
+        await client.aclose()
+
+
+async def test_an_explicit_read_timeout_is_not_cut_short_by_socket_timeout(
+    redis_url: str, redis_prefix: str
+) -> None:
+    settings = RedisSettings(url=redis_url, socket_timeout=0.2)  # type: ignore[arg-type]
+    client = create_redis_client(settings)
+    publisher = create_redis_client(redis_url)
+    channel = f"{redis_prefix}:events"
+    try:
+        async with client.pubsub() as pubsub:
+            await pubsub.subscribe(channel)
+            assert (await pubsub.get_message(timeout=1.0))["type"] == "subscribe"
+            started = time.monotonic()
+            assert await pubsub.get_message(timeout=0.5) is None  # longer than socket_timeout
+            assert time.monotonic() - started >= 0.45
+            await publisher.publish(channel, b"hello")
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            assert message is not None
+            assert message["data"] == b"hello"
+    finally:
+        await client.aclose()
+        await publisher.aclose()
+
+
+async def test_a_cancelled_pool_waiter_leaks_no_connection(
+    redis_url: str, redis_prefix: str
+) -> None:
+    settings = RedisSettings(url=redis_url, max_connections=1, pool_timeout=5)  # type: ignore[arg-type]
+    client = create_redis_client(settings)
+    try:
+        holder = asyncio.ensure_future(client.blpop([f"{redis_prefix}:none"], timeout=0.3))
+        await asyncio.sleep(0.05)
+        waiters = [asyncio.ensure_future(client.get(f"{redis_prefix}:k")) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        waiters[0].cancel()
+        waiters[1].cancel()
+        assert await holder is None
+        assert await waiters[2] is None  # the released connection reached the live waiter
+        assert all(w.cancelled() for w in waiters[:2])
+        # One connection, still usable, many times in a row.
+        assert await asyncio.gather(*(client.incr(f"{redis_prefix}:n") for _ in range(10))) == list(
+            range(1, 11)
+        )
     finally:
         await client.aclose()

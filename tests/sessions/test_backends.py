@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-from freightscale.sessions import SessionBackend
+import pytest
+
+from freightscale.sessions import CorruptSessionError, SessionBackend
+from freightscale.sessions.backends import decode_record
 
 
 async def test_absent_session_loads_as_none(backend: SessionBackend) -> None:
@@ -23,6 +26,27 @@ async def test_create_then_load(backend: SessionBackend) -> None:
     assert record.data == {"user": 7, "tags": ["a"]}
     assert record.version == 1
     assert abs(record.expires_at - exp) < 0.01
+
+
+async def test_values_json_allows_round_trip(backend: SessionBackend) -> None:
+    # Integers beyond 64 bits are valid JSON (the fast parser refuses them; the stdlib reads them).
+    data = {"big": 2**70, "neg": -(2**65), "text": "zoë ✓", "nested": {"l": [1.5, None, True]}}
+    assert (await backend.compare_and_set("s1", data, time.time() + 60, version=0)).ok
+    record = await backend.load("s1")
+    assert record is not None
+    assert record.data == data
+
+
+def test_decode_record_reads_what_the_stdlib_reads_and_rejects_the_rest() -> None:
+    record = decode_record(b'{"v":2,"e":1e10,"d":{"n":1180591620717411303424,"x":NaN}}')
+    assert record.version == 2
+    assert record.data is not None
+    assert record.data["n"] == 2**70
+    assert record.data["x"] != record.data["x"]  # NaN, as json.loads reads it
+    deep = b'{"v":1,"e":1e10,"d":{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}}"
+    for raw in (deep, b"\xff\xfe", b'{"v":1,"e":1e10,"d":{"a":1}', b"[1]"):
+        with pytest.raises(CorruptSessionError):
+            decode_record(raw)
 
 
 async def test_create_refuses_an_existing_id(backend: SessionBackend) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import re
 import time
@@ -493,3 +494,38 @@ async def test_nested_growth_past_the_limit_is_refused_with_problem_json() -> No
         assert "sessions.max_size_bytes=1024" in response.json()["detail"]
         # The stored session is unchanged.
         assert (await c.get("/get")).json()["data"] == {"cart": ["a"]}
+
+
+async def test_a_request_leaves_no_reference_cycle_behind() -> None:
+    app = SessionMiddleware(starlette_app(), settings(), backend=MemorySessionBackend())
+    async with client(app) as c:
+        cookie = session_cookie(await c.get("/set?a=1"))
+    assert cookie is not None
+    headers = [(b"host", b"test"), (b"cookie", cookie.split(";", 1)[0].encode())]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(20):
+            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                     "method": "GET", "scheme": "http", "path": "/get", "raw_path": b"/get",
+                     "root_path": "", "query_string": b"", "headers": headers,
+                     "server": ("test", 80), "client": ("127.0.0.1", 1)}  # fmt: skip
+            await app(scope, receive, send)
+        gc.collect()
+        leftovers = [o for o in gc.garbage if isinstance(o, Session)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [200] * 20
+    # Freed by reference counting as each request ended, not left for the collector.
+    assert leftovers == []

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+import orjson
 from cachetools import TLRUCache
 
 from freightscale.exceptions import StoreError
@@ -125,8 +126,13 @@ def decode_record(raw: bytes | str) -> SessionRecord:
         CorruptSessionError: for invalid JSON or a wrong shape.
     """
     try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        try:
+            value = orjson.loads(raw)  # several times faster than json, on every session read
+        except orjson.JSONDecodeError:
+            # orjson is stricter (integers beyond 64 bits, NaN, a BOM, lone
+            # surrogates): what the standard library accepts stays readable.
+            value = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # (UnicodeDecodeError is a ValueError)
         raise CorruptSessionError(f"stored session is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise CorruptSessionError(f"stored session is a {type(value).__name__}, not an object")

@@ -55,6 +55,7 @@ _loads = get_counter("freightscale.sessions.loads")  # result: hit, miss, invali
 _saves = get_counter("freightscale.sessions.saves")  # result: saved, deleted, conflict, error
 _outages = get_counter("freightscale.backend.outages")  # service, component
 _fallbacks = get_counter("freightscale.backend.fallbacks")  # component, policy
+_HIT, _MISS = {"result": "hit"}, {"result": "miss"}  # (built once: every read counts one)
 
 LEGACY_PREFIX = "legacy:"
 """Imported legacy sessions live under ``legacy:<sid>``; freightscale ids never contain ``:``."""
@@ -112,6 +113,9 @@ class SessionMiddleware:
         self._legacy_secrets = [legacy] if legacy else []
         self._legacy_name = settings.legacy_cookie_name.encode()
         self._eager_paths = tuple(settings.eager_paths)
+        self._eager_any = settings.eager or bool(self._eager_paths)
+        self._max_age = settings.max_age
+        self._refresh_interval = settings.refresh_interval
         attrs: dict[str, Any] = {
             "path": settings.path,
             "domain": settings.domain,
@@ -134,7 +138,14 @@ class SessionMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        await _Responder(self, scope)(receive, send)
+        responder = _Responder(self, scope)
+        try:
+            await responder(receive, send)
+        finally:
+            # The session's loader is a bound method of the responder, which holds
+            # the session: break that cycle so each request's objects are freed at
+            # once instead of piling up for the garbage collector.
+            responder.session._loader = None
 
     async def aclose(self) -> None:
         """Close the backend if this middleware created it (stops its cleanup task)."""
@@ -200,6 +211,11 @@ class SessionMiddleware:
 class _Responder:
     """Per-request state: what the cookies said and what must be written back."""
 
+    __slots__ = (
+        "cookie_bad", "legacy_present", "legacy_sid", "migrate", "mw", "scope", "session", "sid",
+        "unavailable", "unknown",
+    )  # fmt: skip
+
     def __init__(self, mw: SessionMiddleware, scope: Scope) -> None:
         self.mw = mw
         self.scope = scope
@@ -252,10 +268,10 @@ class _Responder:
                 mw.recovered()
         if record is None or record.data is None or record.expires_at <= mw.clock():
             if not corrupt:
-                _loads.add(1, {"result": "miss"})
+                _loads.add(1, _MISS)
             self.unknown = True
             return
-        _loads.add(1, {"result": "hit"})
+        _loads.add(1, _HIT)
         session._populate(record.data, record.version, record.expires_at, key)
         self.migrate = self.sid is None
 
@@ -295,8 +311,10 @@ class _Responder:
                 return
             await send(message)
 
-        if self.session._loader is not None and (
-            mw.settings.eager or scope.get("path", "").startswith(self._eager_prefixes)
+        if (
+            mw._eager_any
+            and self.session._loader is not None
+            and (mw.settings.eager or scope.get("path", "").startswith(mw._eager_paths))
         ):
             try:
                 await self.session.load()
@@ -319,14 +337,19 @@ class _Responder:
             self.unavailable = True
             await send_wrapper(_FAILED_START)
 
-    @property
-    def _eager_prefixes(self) -> tuple[str, ...]:
-        return self.mw._eager_paths
-
     def needs_commit(self) -> bool:
-        """False for the common untouched request: skip the commit coroutine entirely."""
+        """Whether :meth:`commit` has anything to do; False for the common requests
+        (session untouched, or loaded and only read), which skip it entirely."""
         s = self.session
-        return s.is_loaded or s._cleared or self.cookie_bad or self.legacy_present
+        if s._cleared or self.cookie_bad or self.legacy_present:
+            return True
+        if not s._loaded:
+            return False
+        if s.id is None or s._regenerate or self.migrate or s._snapshot is not None:
+            return True  # data for a new id, or data that may have changed
+        # Loaded from the store and provably unchanged: only a due sliding-expiry refresh writes.
+        mw = self.mw
+        return mw.clock() - (s.expires_at - mw._max_age) >= mw._refresh_interval
 
     async def commit(self) -> list[Header]:
         """Write the session back if needed; return the cookie headers to add."""

@@ -105,7 +105,16 @@ class RedisSessionBackend:
 
     async def load(self, session_id: str) -> SessionRecord | None:
         """One ``GET``."""
-        raw: bytes | str | None = await self._call(lambda: self.client.get(self.key(session_id)))
+        client = self._client
+        raw: bytes | str | None
+        if client is not None and self._ready:
+            # The read every session request makes: no wrapper, no closure.
+            try:
+                raw = await client.get(self._prefix + session_id)
+            except (RedisError, OSError, TimeoutError) as exc:
+                raise translate_redis_error(exc) from exc
+        else:
+            raw = await self._call(lambda: self.client.get(self.key(session_id)))
         if raw is None:
             return None
         record = decode_record(raw)
