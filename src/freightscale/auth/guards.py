@@ -113,8 +113,10 @@ class PermissionRequirement:
 
         @functools.wraps(endpoint)
         async def guarded(*args: Any, **kwargs: Any) -> Any:
-            if args and isinstance(args[0], HTTPConnection):
-                conn: HTTPConnection | None = args[0]
+            first = args[0] if args else None
+            # type() first: isinstance() against the Mapping ABC costs a Python-level check.
+            if type(first) is Request or isinstance(first, HTTPConnection):
+                conn: HTTPConnection | None = first
             else:
                 conn = next(
                     (a for a in (*args, *kwargs.values()) if isinstance(a, HTTPConnection)), None
