@@ -146,8 +146,9 @@ class AuthMiddleware:
                 await self._respond(scope, receive, send, 503, detail, None)
                 return
         principal, credentials = resolved
-        if self.tenant_guard.active:
-            violation = self.tenant_guard.violation(scope, principal)
+        guard = self.tenant_guard
+        if guard.active and (guard.checks_headers or path.startswith(guard.path_prefix)):
+            violation = guard.violation(scope, principal)
             if violation is not None:
                 await self._respond(scope, receive, send, 403, violation, None)
                 return
