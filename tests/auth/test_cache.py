@@ -34,6 +34,20 @@ def test_positive_entries_expire_are_bounded_and_exact() -> None:
     assert len(cache) == 2
     assert cache.get(b"t1") is None  # the oldest went first
     assert cache.get(b"t3") is not None
+    # The warm path's index follows every insertion, eviction, expiry drop and clear.
+    assert cache.peek(b"t1") is None
+    assert cache.peek(b"t3") is cache.get(b"t3")
+    assert dict(cache._positive.index) == dict(cache._positive.items())
+    cache.put(b"t3", entry(3000.0))  # replacing keeps one entry per key
+    assert cache.peek(b"t3") is cache.get(b"t3")
+    assert len(cache._positive.index) == len(cache) == 2
+    now[0] = 2000.0
+    assert cache.peek(b"t2") is not None  # peek does not look at the clock...
+    assert cache.get(b"t2") is None  # ...get does, and drops the entry
+    assert cache.peek(b"t2") is None
+    cache.clear()
+    assert cache.peek(b"t3") is None
+    assert len(cache._positive.index) == 0
 
 
 def test_only_bearer_shaped_keys_and_live_entries_are_cached() -> None:

@@ -70,10 +70,32 @@ class CachedToken:
 
 
 class _Entries(FIFOCache[bytes, Any]):
-    """A FIFO cache whose ``[key]`` answers None for a missing key, not KeyError."""
+    """A FIFO cache whose ``[key]`` answers None for a missing key, not KeyError.
+
+    ``index`` mirrors its contents in a plain dict (every insertion, eviction
+    and deletion goes through ``__setitem__`` / ``__delitem__``), so the warm
+    path can read it with one C-level ``dict.get`` while cachetools keeps the
+    bound and the eviction order.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize)
+        self.index: dict[bytes, Any] = {}
 
     def __missing__(self, key: bytes) -> None:
         return None
+
+    def __setitem__(self, key: bytes, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.index[key] = value
+
+    def __delitem__(self, key: bytes) -> None:
+        super().__delitem__(key)
+        del self.index[key]
+
+    def clear(self) -> None:
+        super().clear()
+        self.index.clear()
 
 
 class VerificationCache:
@@ -98,12 +120,16 @@ class VerificationCache:
     ) -> None:
         self.ttl = ttl
         self.negative_ttl = negative_ttl
-        self._clock = clock
+        self.clock = clock
+        """The wall clock entries' ``expires_at`` is compared with."""
         # Expiry is checked on read (one clock call), so the cheapest cachetools
         # cache does: every entry dies within ttl, which makes insertion order
         # close to expiry order, and FIFO eviction drops the oldest first.
         self._positive = _Entries(max_entries)
         self._negative = _Entries(negative_max_entries)
+        self.peek: Callable[[bytes], CachedToken | None] = self._positive.index.get
+        """The entry for a key *without* the expiry check (one C-level dict lookup):
+        the warm path's read; a caller compares ``expires_at`` with :attr:`clock`."""
 
     def __len__(self) -> int:
         return len(self._positive)
@@ -111,7 +137,7 @@ class VerificationCache:
     def get(self, key: bytes) -> CachedToken | None:
         """The live entry for the token whose bytes are ``key``, or None."""
         entry: CachedToken | None = self._positive[key]
-        if entry is not None and entry.expires_at <= self._clock():
+        if entry is not None and entry.expires_at <= self.clock():
             self._positive.pop(key, None)
             return None
         return entry
@@ -121,14 +147,14 @@ class VerificationCache:
         ``key`` is not in :data:`TOKEN_FORMAT`)."""
         if (
             self.ttl > 0
-            and entry.expires_at > self._clock()
+            and entry.expires_at > self.clock()
             and TOKEN_FORMAT.fullmatch(key) is not None
         ):
             self._positive[key] = entry
 
     def expiry_for(self, exp: Any) -> float:
         """``min(exp, now + ttl)`` for a token whose ``exp`` claim is ``exp``."""
-        limit = self._clock() + self.ttl
+        limit = self.clock() + self.ttl
         if isinstance(exp, int | float) and not isinstance(exp, bool):
             return min(float(exp), limit)
         return limit
@@ -141,7 +167,7 @@ class VerificationCache:
         hit: tuple[float, str] | None = self._negative[digest]
         if hit is None:
             return None
-        if hit[0] <= self._clock():
+        if hit[0] <= self.clock():
             self._negative.pop(digest, None)
             return None
         return hit[1]
@@ -149,7 +175,7 @@ class VerificationCache:
     def put_negative(self, key: bytes, description: str) -> None:
         """Remember that the token ``key`` is invalid."""
         if self.negative_ttl > 0:
-            self._negative[_digest(key)] = (self._clock() + self.negative_ttl, description)
+            self._negative[_digest(key)] = (self.clock() + self.negative_ttl, description)
 
     def clear(self) -> None:
         """Drop every verified token (the negative cache stays: invalid stays invalid)."""

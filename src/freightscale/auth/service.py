@@ -148,9 +148,10 @@ class Authenticator:
         """
         if not self._started:
             return None
-        entry = self.cache.get(key)
-        if entry is None:
-            return None
+        cache = self.cache
+        entry = cache.peek(key)
+        if entry is None or entry.expires_at <= cache.clock():
+            return None  # authenticate() drops an expired entry
         resolved = entry.resolved
         if resolved is None:
             return None
