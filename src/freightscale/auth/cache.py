@@ -69,21 +69,25 @@ class CachedToken:
     permissions_until: float = float("-inf")
 
 
-class _Entries(FIFOCache[bytes, Any]):
-    """A FIFO cache whose ``[key]`` answers None for a missing key, not KeyError.
+class _Fifo(FIFOCache[bytes, Any]):
+    """A FIFO cache whose ``[key]`` answers None for a missing key, not KeyError."""
 
-    ``index`` mirrors its contents in a plain dict (every insertion, eviction
-    and deletion goes through ``__setitem__`` / ``__delitem__``), so the warm
-    path can read it with one C-level ``dict.get`` while cachetools keeps the
-    bound and the eviction order.
+    def __missing__(self, key: bytes) -> None:
+        return None
+
+
+class _Entries(_Fifo):
+    """A :class:`_Fifo` with ``index``, a plain dict mirroring its contents.
+
+    Every insertion, eviction and deletion goes through ``__setitem__`` /
+    ``__delitem__`` (cachetools' own subclasses rely on that too), so the warm
+    path can read ``index`` with one C-level ``dict.get`` while cachetools
+    keeps the bound and the eviction order.
     """
 
     def __init__(self, maxsize: int) -> None:
         super().__init__(maxsize)
         self.index: dict[bytes, Any] = {}
-
-    def __missing__(self, key: bytes) -> None:
-        return None
 
     def __setitem__(self, key: bytes, value: Any) -> None:
         super().__setitem__(key, value)
@@ -126,7 +130,7 @@ class VerificationCache:
         # cache does: every entry dies within ttl, which makes insertion order
         # close to expiry order, and FIFO eviction drops the oldest first.
         self._positive = _Entries(max_entries)
-        self._negative = _Entries(negative_max_entries)
+        self._negative = _Fifo(negative_max_entries)
         self.peek: Callable[[bytes], CachedToken | None] = self._positive.index.get
         """The entry for a key *without* the expiry check (one C-level dict lookup):
         the warm path's read; a caller compares ``expires_at`` with :attr:`clock`."""
