@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -16,6 +19,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session
 
 from freightscale.auth import AuthMiddleware, install_tenant_guc
+from freightscale.auth.tenant import _literal_prefix
 from freightscale.context import Principal, bind_principal
 from tests.auth.conftest import bearer, hs_settings, hs_token, make_app
 from tests.auth.test_verify import get
@@ -156,3 +160,54 @@ async def test_rls_policy_filters_rows(engine: AsyncEngine) -> None:
         async with engine.begin() as conn:
             await conn.execute(text("DROP TABLE fs_rls_orders"))
             await conn.execute(text(f"DROP ROLE {role}"))
+
+
+@pytest.mark.parametrize(
+    ("pattern", "prefix"),
+    [
+        (r"^/tenants/(?P<tenant>[^/]+)", "/tenants/"),
+        (r"/t/(?P<tenant>\w+)", "/t/"),
+        (r"^/orgs?/(?P<tenant>[^/]+)", "/org"),
+        (r"^/a{0}b/(?P<tenant>x)", "/"),
+        (r"^/x|/y/(?P<tenant>z)", ""),
+        (r"(?i)^/tenants/(?P<tenant>[^/]+)", ""),
+        (r"^\/t/(?P<tenant>x)", ""),
+        (r"^/t.x/(?P<tenant>x)", "/t"),
+        (r"{2}/(?P<tenant>x)", ""),
+        (r"^*/(?P<tenant>x)", ""),
+    ],
+)
+def test_literal_prefix_examples(pattern: str, prefix: str) -> None:
+    assert _literal_prefix(pattern) == prefix
+
+
+_PIECES = ["^", "a", "b", "/", "-", "_", "1", ".", "*", "+", "?", "{1,2}", "{", "|", "(", ")",
+           "[ab]", "[^/]+", "\\d", "\\/", "$", "(?i)", "(?:a)", "(?P<tenant>[^/]+)", " ",
+           "#"]  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(), pieces=st.lists(st.sampled_from(_PIECES), min_size=1, max_size=8))
+def test_literal_prefix_never_hides_a_match(data: st.DataObject, pieces: list[str]) -> None:
+    pattern = "".join(pieces)
+    try:
+        compiled = re.compile(pattern)
+    except re.error:
+        return
+    prefix = _literal_prefix(pattern)
+    text = data.draw(
+        st.one_of(
+            st.from_regex(compiled, fullmatch=True),
+            st.text(alphabet="ab/-_1.xAB #", max_size=12),
+        )
+    )
+    if compiled.match(text) is not None:
+        assert text.startswith(prefix), (pattern, prefix, text)
+
+
+async def test_paths_outside_the_pattern_prefix_still_check_headers() -> None:
+    app = AuthMiddleware(make_app(), hs_settings(tenant_header="X-Tenant-ID"))
+    token = hs_token(tenant="acme")
+    mismatch = await get(app, {**bearer(token), "X-Tenant-ID": "globex"}, "/me")
+    assert mismatch.status_code == 403
+    assert (await get(app, bearer(token), "/tenants/globex/orders")).status_code == 403

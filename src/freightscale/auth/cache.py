@@ -1,32 +1,46 @@
 """The per-process verification cache: verify a token once, not per request.
 
-Keyed by a 128-bit BLAKE2b hash of the token (the token itself is never kept
-as a key). A verified token's entry lives until ``min(exp, now + ttl)``; an
-invalid token is remembered for a short ``negative_ttl`` so repeating it costs
-no crypto. Both halves are bounded cachetools TLRU caches.
+A verified token's entry lives until ``min(exp, now + ttl)``; an invalid token
+is remembered for a short ``negative_ttl`` so repeating it costs no crypto.
+Both halves are bounded cachetools caches.
+
+The positive half is keyed by the token's bytes themselves: a dict lookup
+compares the whole key, so two tokens can never share an entry, and the
+lookup costs one SipHash of the token instead of a cryptographic hash (the
+warm path of every authenticated request). Only tokens that verified get
+there, so its memory is bounded by ``max_entries`` tokens the issuer signed;
+only keys in the bearer-token form :data:`TOKEN_FORMAT` are admitted, so a
+hit needs no format check. The negative half holds attacker-chosen tokens
+and is keyed by a 16-byte BLAKE2b digest instead, which keeps its memory at
+a few dozen bytes per entry whatever the tokens' size.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cachetools import TLRUCache
+from cachetools import FIFOCache
 from starlette.authentication import AuthCredentials
 
 from freightscale.context import Principal
 
-__all__ = ["CachedToken", "VerificationCache", "token_key"]
+__all__ = ["TOKEN_FORMAT", "CachedToken", "VerificationCache", "token_key"]
+
+TOKEN_FORMAT = re.compile(rb"[\x21-\x7e]+")
+"""A bearer token as the middleware accepts it: visible ASCII only (RFC 6750's
+b64token is stricter; the JWT parser judges the rest)."""
 
 
 def token_key(token: str | bytes) -> bytes:
-    """The cache key of ``token``: a 16-byte BLAKE2b digest of its UTF-8 bytes."""
+    """The cache key of ``token``: its bytes (UTF-8 for a ``str``)."""
     if isinstance(token, str):
-        token = token.encode("utf-8", "surrogateescape")
-    return hashlib.blake2b(token, digest_size=16).digest()
+        return token.encode("utf-8", "surrogateescape")
+    return token
 
 
 @dataclass(slots=True, eq=False)
@@ -39,6 +53,10 @@ class CachedToken:
         jti, iat: the claims the revocation check needs.
         permissions: the permission set the last request resolved (identity-compared).
         resolved: the principal with ``permissions`` and its Starlette credentials.
+        generation: the permission cache's ``generation`` when ``permissions`` was read.
+        permissions_until: the permission cache's clock time ``permissions`` expire;
+            ``resolved`` is reused without a permission lookup only while
+            ``generation`` is unchanged and this time is ahead.
     """
 
     principal: Principal
@@ -47,11 +65,41 @@ class CachedToken:
     iat: float | None
     permissions: frozenset[str] | None = None
     resolved: tuple[Principal, AuthCredentials] | None = field(default=None)
+    generation: int = -1
+    permissions_until: float = float("-inf")
 
 
-def _ttu(_key: Any, value: Any, _now: float) -> float:
-    expires: float = value[0] if isinstance(value, tuple) else value.expires_at
-    return expires
+class _Fifo(FIFOCache[bytes, Any]):
+    """A FIFO cache whose ``[key]`` answers None for a missing key, not KeyError."""
+
+    def __missing__(self, key: bytes) -> None:
+        return None
+
+
+class _Entries(_Fifo):
+    """A :class:`_Fifo` with ``index``, a plain dict mirroring its contents.
+
+    Every insertion, eviction and deletion goes through ``__setitem__`` /
+    ``__delitem__`` (cachetools' own subclasses rely on that too), so the warm
+    path can read ``index`` with one C-level ``dict.get`` while cachetools
+    keeps the bound and the eviction order.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize)
+        self.index: dict[bytes, Any] = {}
+
+    def __setitem__(self, key: bytes, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.index[key] = value
+
+    def __delitem__(self, key: bytes) -> None:
+        super().__delitem__(key)
+        del self.index[key]
+
+    def clear(self) -> None:
+        super().clear()
+        self.index.clear()
 
 
 class VerificationCache:
@@ -59,7 +107,7 @@ class VerificationCache:
 
     Args:
         ttl: longest a verified token is cached (0 disables the positive cache).
-        max_entries: most verified tokens kept.
+        max_entries: most verified tokens kept (the oldest goes first).
         negative_ttl: how long an invalid token is remembered (0 disables).
         negative_max_entries: most invalid tokens kept.
         clock: wall clock (entries also die at the token's ``exp``).
@@ -76,46 +124,67 @@ class VerificationCache:
     ) -> None:
         self.ttl = ttl
         self.negative_ttl = negative_ttl
-        self._clock = clock
-        self._positive: TLRUCache[bytes, CachedToken] = TLRUCache(max_entries, _ttu, timer=clock)
-        self._negative: TLRUCache[bytes, tuple[float, str]] = TLRUCache(
-            negative_max_entries, _ttu, timer=clock
-        )
+        self.clock = clock
+        """The wall clock entries' ``expires_at`` is compared with."""
+        # Expiry is checked on read (one clock call), so the cheapest cachetools
+        # cache does: every entry dies within ttl, which makes insertion order
+        # close to expiry order, and FIFO eviction drops the oldest first.
+        self._positive = _Entries(max_entries)
+        self._negative = _Fifo(negative_max_entries)
+        self.peek: Callable[[bytes], CachedToken | None] = self._positive.index.get
+        """The entry for a key *without* the expiry check (one C-level dict lookup):
+        the warm path's read; a caller compares ``expires_at`` with :attr:`clock`."""
 
     def __len__(self) -> int:
         return len(self._positive)
 
     def get(self, key: bytes) -> CachedToken | None:
-        """The live entry for ``key``, or None."""
-        try:  # one lookup instead of get()'s contains-then-getitem
-            return self._positive[key]
-        except KeyError:
+        """The live entry for the token whose bytes are ``key``, or None."""
+        entry: CachedToken | None = self._positive[key]
+        if entry is not None and entry.expires_at <= self.clock():
+            self._positive.pop(key, None)
             return None
+        return entry
 
     def put(self, key: bytes, entry: CachedToken) -> None:
-        """Cache a verified token (no-op when disabled or already expired)."""
-        if self.ttl > 0 and entry.expires_at > self._clock():
+        """Cache a verified token (no-op when disabled, already expired, or
+        ``key`` is not in :data:`TOKEN_FORMAT`)."""
+        if (
+            self.ttl > 0
+            and entry.expires_at > self.clock()
+            and TOKEN_FORMAT.fullmatch(key) is not None
+        ):
             self._positive[key] = entry
 
     def expiry_for(self, exp: Any) -> float:
         """``min(exp, now + ttl)`` for a token whose ``exp`` claim is ``exp``."""
-        limit = self._clock() + self.ttl
+        limit = self.clock() + self.ttl
         if isinstance(exp, int | float) and not isinstance(exp, bool):
             return min(float(exp), limit)
         return limit
 
     def get_negative(self, key: bytes) -> str | None:
-        """The remembered failure description for ``key``, or None."""
+        """The remembered failure description for the token ``key``, or None."""
         if self.negative_ttl <= 0:
             return None
-        hit = self._negative.get(key)
-        return hit[1] if hit is not None else None
+        digest = _digest(key)
+        hit: tuple[float, str] | None = self._negative[digest]
+        if hit is None:
+            return None
+        if hit[0] <= self.clock():
+            self._negative.pop(digest, None)
+            return None
+        return hit[1]
 
     def put_negative(self, key: bytes, description: str) -> None:
-        """Remember that ``key``'s token is invalid."""
+        """Remember that the token ``key`` is invalid."""
         if self.negative_ttl > 0:
-            self._negative[key] = (self._clock() + self.negative_ttl, description)
+            self._negative[_digest(key)] = (self.clock() + self.negative_ttl, description)
 
     def clear(self) -> None:
         """Drop every verified token (the negative cache stays: invalid stays invalid)."""
         self._positive.clear()
+
+
+def _digest(key: bytes) -> bytes:
+    return hashlib.blake2b(key, digest_size=16).digest()

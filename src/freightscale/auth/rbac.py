@@ -92,7 +92,8 @@ class PermissionCache:
         self.ttl = ttl
         self.timeout = timeout
         self.max_entries = max_entries
-        self._clock = clock
+        self.clock = clock
+        """The monotonic clock the cache's deadlines are measured on."""
         # Plain dicts with deadlines: the warm path is two dict reads and one clock call.
         # Bounded by max_entries (the oldest entry is dropped first).
         self._versions: dict[str | None, tuple[int, float]] = {}
@@ -101,21 +102,32 @@ class PermissionCache:
         self._failing = False
         self.loads = 0
         """How many times the loader was called (tests and metrics)."""
+        self.generation = 0
+        """Changes whenever the local tables change (a load, a version bump, a reset):
+        while it is unchanged, an answer of :meth:`lookup` stays the answer until
+        its deadline, so a caller may keep it instead of asking again."""
         bus.subscribe(self.apply)
         self._bus = bus
 
     def cached(self, tenant_id: str | None, roles: frozenset[str]) -> frozenset[str] | None:
         """The locally cached permissions, or None (no I/O)."""
+        found = self.lookup(tenant_id, roles)
+        return found[0] if found is not None else None
+
+    def lookup(
+        self, tenant_id: str | None, roles: frozenset[str]
+    ) -> tuple[frozenset[str], float] | None:
+        """The locally cached permissions and the :attr:`clock` time they expire, or None."""
         known = self._versions.get(tenant_id)
         if known is None:
             return None
         found = self._sets.get((tenant_id, known[0], roles))
         if found is None:
             return None
-        now = self._clock()
-        if now >= known[1] or now >= found[1]:
+        deadline = min(known[1], found[1])
+        if self.clock() >= deadline:
             return None
-        return found[0]
+        return found[0], deadline
 
     async def get(self, tenant_id: str | None, roles: frozenset[str]) -> frozenset[str]:
         """Return the permissions of ``roles`` in ``tenant_id``, loading them if needed."""
@@ -143,7 +155,7 @@ class PermissionCache:
         tpart = _tenant_part(tenant_id)
         digest = hashlib.sha256("\n".join(sorted(roles)).encode()).hexdigest()[:32]
         known = self._versions.get(tenant_id)
-        version = known[0] if known is not None and self._clock() < known[1] else None
+        version = known[0] if known is not None and self.clock() < known[1] else None
         try:
             async with asyncio.timeout(self.timeout):
                 if version is None:
@@ -196,9 +208,10 @@ class PermissionCache:
     def _remember(
         self, tenant_id: str | None, version: int, roles: frozenset[str], perms: frozenset[str]
     ) -> None:
-        deadline = self._clock() + self.ttl
+        self.generation += 1
+        deadline = self.clock() + self.ttl
         current = self._versions.get(tenant_id)
-        if current is None or current[0] <= version or self._clock() >= current[1]:
+        if current is None or current[0] <= version or self.clock() >= current[1]:
             _bounded_put(self._versions, tenant_id, (version, deadline), self.max_entries)
         _bounded_put(self._sets, (tenant_id, version, roles), (perms, deadline), self.max_entries)
 
@@ -215,6 +228,7 @@ class PermissionCache:
         """Apply one bus event (a version bump or a reset)."""
         kind = event.get("k")
         if kind == "reset":
+            self.generation += 1
             self._versions.clear()
             self._sets.clear()
         elif kind == "perm":
@@ -222,7 +236,8 @@ class PermissionCache:
             if (tenant is None or isinstance(tenant, str)) and isinstance(version, int):
                 current = self._versions.get(tenant)
                 if current is None or current[0] < version:
-                    deadline = self._clock() + self.ttl
+                    self.generation += 1
+                    deadline = self.clock() + self.ttl
                     _bounded_put(self._versions, tenant, (version, deadline), self.max_entries)
 
     def _outage(self, exc: BaseException) -> None:

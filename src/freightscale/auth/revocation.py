@@ -88,8 +88,9 @@ class RevocationList:
         self._users: TTLCache[tuple[str | None, str], float] = TTLCache(max_local, ttl)
         self._tenants: TTLCache[str, float] = TTLCache(max_local, ttl)
         self._failing = False
-        # False until this instance hears of any revocation: the hot path's only check then.
-        self._active = False
+        self.active = False
+        """False until this instance hears of any revocation: until then no token is
+        revoked locally, and the warm path checks nothing else."""
         self._sequential = isinstance(store, MemoryStore)
         bus.subscribe(self.apply)
 
@@ -134,7 +135,7 @@ class RevocationList:
         """Apply one bus event to the local tables."""
         kind = event.get("k")
         if kind in ("jti", "user", "tenant"):
-            self._active = True
+            self.active = True
         if kind == "reset":
             self._reset()
         elif kind == "jti" and isinstance(event.get("j"), str):
@@ -166,7 +167,7 @@ class RevocationList:
         self, jti: str | None, user_id: str, tenant_id: str | None, iat: float | None
     ) -> bool:
         """True if a revocation this instance has heard of covers the token (no I/O)."""
-        if not self._active:
+        if not self.active:
             return False
         if self._jtis and jti is not None and jti in self._jtis:
             return True

@@ -135,12 +135,50 @@ class Authenticator:
                 await self.bus.start()
                 self._started = self.bus.started
 
+    def cached(self, key: bytes) -> tuple[Principal, AuthCredentials] | None:
+        """The warm path: the principal and credentials of an already verified token.
+
+        ``key`` is ``token_key(token)``, the token's bytes. No I/O and no
+        hashing beyond the dict lookup: the answer is the one the last
+        :meth:`authenticate` call for the token built, reused while the token's
+        cache entry lives, no revocation this instance has heard of covers it,
+        and the permission cache has not changed since (nor passed the
+        permissions' deadline). None means "call :meth:`authenticate`", which
+        also gives the reason a token is refused.
+        """
+        if not self._started:
+            return None
+        cache = self.cache
+        entry = cache.peek(key)
+        if entry is None or entry.expires_at <= cache.clock():
+            return None  # authenticate() drops an expired entry
+        resolved = entry.resolved
+        if resolved is None:
+            return None
+        revocations = self.revocations
+        if revocations.active:
+            principal = entry.principal
+            if revocations.revoked_locally(
+                entry.jti, principal.user_id, principal.tenant_id, entry.iat
+            ):
+                return None
+        permissions = self.permissions
+        if permissions is not None:
+            if (
+                entry.generation != permissions.generation
+                or permissions.clock() >= entry.permissions_until
+            ):
+                return None
+            self._permission_cache.add(1, _HIT)
+        self._token_cache.add(1, _HIT)
+        return resolved
+
     async def authenticate(
         self, token: str, *, key: bytes | None = None
     ) -> tuple[Principal, AuthCredentials]:
         """Return the principal and Starlette credentials for ``token``.
 
-        ``key`` is ``token_key(token)`` when the caller already has it.
+        ``key`` is ``token_key(token)`` (the token's bytes) when the caller already has it.
 
         Raises:
             InvalidToken: the token is invalid or revoked (HTTP 401).
@@ -164,25 +202,37 @@ class Authenticator:
             entry = await self._verify(key, token)
             principal = entry.principal
         perms: frozenset[str] | None = None
-        if self.permissions is not None:
-            loads_before = self.permissions.loads
-            perms = self.permissions.cached(principal.tenant_id, principal.roles)
-            if perms is None:
+        generation = -1
+        until = float("-inf")
+        permissions = self.permissions
+        if permissions is not None:
+            generation = permissions.generation
+            found = permissions.lookup(principal.tenant_id, principal.roles)
+            if found is None:
                 # get() counts the miss when it calls the loader; a store hit counts as a hit.
-                perms = await self.permissions.get(principal.tenant_id, principal.roles)
-                if self.permissions.loads == loads_before:
+                loads_before = permissions.loads
+                perms = await permissions.get(principal.tenant_id, principal.roles)
+                if permissions.loads == loads_before:
                     self._permission_cache.add(1, _HIT)
+                # What the warm path may reuse: the tables as they are now (no await since).
+                generation = permissions.generation
+                found = permissions.lookup(principal.tenant_id, principal.roles)
+                if found is not None and found[0] is perms:
+                    until = found[1]
             else:
                 self._permission_cache.add(1, _HIT)
+                perms, until = found
         resolved = entry.resolved
-        if resolved is not None and entry.permissions is perms:
-            return resolved
-        if perms:
-            principal = dataclasses.replace(principal, permissions=perms)
-        credentials = AuthCredentials(sorted(principal.scopes | principal.permissions))
+        if resolved is None or entry.permissions is not perms:
+            if perms:
+                principal = dataclasses.replace(principal, permissions=perms)
+            credentials = AuthCredentials(sorted(principal.scopes | principal.permissions))
+            resolved = (principal, credentials)
         entry.permissions = perms
-        entry.resolved = (principal, credentials)
-        return principal, credentials
+        entry.resolved = resolved
+        entry.generation = generation
+        entry.permissions_until = until
+        return resolved
 
     async def _verify(self, key: bytes, token: str) -> CachedToken:
         failure = self.cache.get_negative(key)

@@ -37,12 +37,19 @@ class TenantGuard:
         self._header = settings.tenant_header.lower().encode() if settings.tenant_header else None
         self._host_suffix = (settings.tenant_host_suffix or "").lower() or None
         self.active = bool(self._path or self._header or self._host_suffix)
+        """False when nothing is configured: :meth:`violation` would always say None."""
+        self.checks_headers = bool(self._header or self._host_suffix)
+        """True when :meth:`violation` reads the request's headers."""
+        self.path_prefix = _literal_prefix(pattern) if pattern else ""
+        """Every path the tenant path pattern matches starts with this ("" when unknown):
+        unless :attr:`checks_headers`, a path without it has no violation to find."""
 
     def violation(self, scope: Scope, principal: Principal) -> str | None:
         """Return why the request may not proceed for ``principal``, or None."""
         tenant = principal.tenant_id
-        if self._path is not None:
-            match = self._path.match(scope.get("path", ""))
+        path: str = scope.get("path", "")
+        if self._path is not None and path.startswith(self.path_prefix):
+            match = self._path.match(path)
             if match is not None and match.group("tenant") != tenant:
                 return "this path belongs to another tenant"
         if self._header is None and self._host_suffix is None:
@@ -58,6 +65,28 @@ class TenantGuard:
                     if label and label != (tenant or "").lower():
                         return "the host names another tenant than the token's"
         return None
+
+
+# Characters that stand for themselves in a Python regex wherever they appear.
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/-_")
+
+
+def _literal_prefix(pattern: str) -> str:
+    """A prefix of every string ``re.match(pattern, s)`` matches; "" when not sure.
+
+    Conservative: only plain characters after an optional leading ``^``, none
+    with a quantifier after it, and nothing at all when the pattern has an
+    alternation anywhere (or starts with a group or inline flags).
+    """
+    if "|" in pattern:
+        return ""
+    body = pattern[1:] if pattern.startswith("^") else pattern
+    end = 0
+    while end < len(body) and body[end] in _PLAIN:
+        end += 1
+    if 0 < end < len(body) and body[end] in "*+?{":
+        end -= 1  # the quantifier makes the last character optional or repeatable
+    return body[:end]
 
 
 _SET_TENANT = text("SELECT set_config(:name, :tenant, true)")
