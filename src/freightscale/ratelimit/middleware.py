@@ -198,7 +198,7 @@ class RateLimitMiddleware:
     def _attach(self, client: RedisClient, prefix: str, *, owns: bool) -> None:
         config = self.config
         self.shared = FailoverBackend(
-            RedisLimitBackend(client, prefix, owns_client=owns),
+            RedisLimitBackend(client, prefix, owns_client=owns, timeout=config.timeout),
             fail_mode=config.fail_mode,
             timeout=config.timeout,
             retry_interval=config.retry_interval,
