@@ -195,6 +195,10 @@ class _Batcher:
                     # First use, or Redis restarted and lost its script cache.
                     await self.client.script_load(self.script)
                     results = await self._execute(batch)
+        except asyncio.CancelledError:  # the loop is going away: so are the callers
+            for _, future in batch:
+                future.cancel()
+            raise
         except Exception as exc:
             results = [exc] * len(batch)
         for (_, future), result in zip(batch, results, strict=True):
