@@ -54,6 +54,7 @@ _SHADOW_LOG_EVERY = 10.0
 _LIST_FIELDS = frozenset((b"ratelimit", b"ratelimit-policy"))  # structured lists: layers combine
 _MAX_ROUTES = 4096  # cached path -> rule decisions
 _MAX_TAGS = 10_000  # cached raw key -> counter tag, per rule
+_MAX_CACHED_KEY = 128  # longer raw keys are hashed on every request, never cached
 
 
 def _safe_key(raw: str) -> str:
@@ -115,9 +116,11 @@ class _Route:
             raw = key_for(key, scope, self._client_ip, self._api_key_header)
         tag = self._tags.get(raw)
         if tag is None:
-            if len(self._tags) >= _MAX_TAGS:
-                self._tags.clear()
-            tag = self._tags[raw] = self._prefix + _safe_key(raw)
+            tag = self._prefix + _safe_key(raw)
+            if len(raw) <= _MAX_CACHED_KEY:  # long (hashed) keys are not kept in memory
+                if len(self._tags) >= _MAX_TAGS:
+                    self._tags.clear()
+                self._tags[raw] = tag
         return tag
 
 
@@ -154,7 +157,8 @@ class RateLimitMiddleware:
     ) -> None:
         self.app = app
         self.config = config = config or RateLimitSettings()
-        self.rules = list(rules) if rules is not None else rules_from_settings(config, layer=layer)
+        # Compiled below (and cached per path): a tuple, fixed for the middleware's life.
+        self.rules = tuple(rules if rules is not None else rules_from_settings(config, layer=layer))
         self.layer = layer
         self._exempt = (
             re.compile("|".join(f"(?:{compile_path(p).pattern})" for p in config.exempt_paths))
@@ -301,6 +305,7 @@ class RateLimitMiddleware:
                 if single_valued:
                     # An inner layer already described its (tighter, later) limit:
                     # the single-valued legacy fields must not appear twice.
+                    existing = list(existing)
                     present = {name.lower() for name, _ in existing}
                     extra = [h for h in headers if h[0] not in present or h[0] in _LIST_FIELDS]
                     message["headers"] = [*existing, *extra]
