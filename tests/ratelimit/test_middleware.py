@@ -266,3 +266,25 @@ async def test_two_layers_combine_draft_items_without_duplicating_legacy(make_li
     policies = response.headers.get_list("ratelimit-policy")
     assert policies == ['"default";q=5;w=60', '"ip";q=10;w=60']
     assert response.headers.get_list("ratelimit-limit") == ["5"]  # the inner layer's only
+
+
+async def test_rule_decisions_are_cached_per_path_and_bounded(make_limiter, prefix) -> None:
+    from freightscale.ratelimit.middleware import _MAX_ROUTES
+
+    cfg = settings(
+        prefix,
+        default="100/minute",
+        routes=(RouteLimit(path="/login", methods=("post",), limits="1/minute", name="login"),),
+        exempt_paths=("/health",),
+    )
+    mw = make_limiter(cfg)
+    for n in range(_MAX_ROUTES + 50):  # ids in paths: the cache never grows past its bound
+        route = mw._route(f"/shipments/{n}", "GET")
+        assert route is not None
+        assert route.rule.name == "default"
+        assert len(mw._routes) <= _MAX_ROUTES
+    async with client_for(mw) as client:
+        assert (await client.post("/login")).status_code == 200
+        assert (await client.post("/login")).status_code == 429  # cached: still the login rule
+        assert (await client.get("/login")).headers["ratelimit"].startswith('"default";')
+        assert "ratelimit" not in (await client.get("/health")).headers

@@ -49,6 +49,28 @@ async def test_one_round_trip_per_request_with_several_limits(make_limiter, redi
     assert set(delta) <= {"lindex", "lpush", "ltrim", "expire"}, delta
 
 
+async def test_concurrent_requests_each_send_one_evalsha_and_stay_exact(
+    make_limiter, redis_server
+) -> None:
+    # concurrent requests are sent together (one write per event-loop tick), each
+    # still its own EVALSHA: the limit is exact inside a batch too
+    cfg = RateLimitSettings(default="20/minute; 100/hour", key="ip", timeout=2.0)
+    mw = make_limiter(cfg, redis=redis_server.url)
+    await mw.startup()
+    observer = redis.Redis.from_url(redis_server.url)
+    before = commandstats(observer)
+    async with client_for(mw) as client:
+        responses = await asyncio.gather(*(client.get("/") for _ in range(30)))
+    after = commandstats(observer)
+    observer.close()
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [200] * 20 + [429] * 10
+    allowed = [r for r in responses if r.status_code == 200]
+    remaining = sorted(int(r.headers["ratelimit"].split(";r=")[1].split(";")[0]) for r in allowed)
+    assert remaining == list(range(20))  # every allowed request saw its own count
+    assert after.get("evalsha", 0) - before.get("evalsha", 0) == 30
+
+
 async def test_cluster_holds_the_limit_under_concurrency(make_limiter, redis_cluster_url) -> None:
     for strategy in ("moving-window", "fixed-window", "sliding-window-counter"):
         # a generous timeout: this test is about exactness, not the outage policy
@@ -112,14 +134,15 @@ async def test_hung_redis_never_delays_a_request_beyond_the_timeout(
         os.kill(redis_server.process.pid, signal.SIGSTOP)
         try:
             start = time.perf_counter()
-            first = await client.get("/")
+            # concurrent requests wait on one batch: its deadline bounds each of them
+            firsts = await asyncio.gather(*(client.get("/") for _ in range(5)))
             first_elapsed = time.perf_counter() - start
             start = time.perf_counter()
             second = await client.get("/")
             second_elapsed = time.perf_counter() - start
         finally:
             os.kill(redis_server.process.pid, signal.SIGCONT)
-    assert first.status_code == 200
+    assert [r.status_code for r in firsts] == [200] * 5
     assert first_elapsed < 0.2 + 0.5  # the timeout plus scheduling slack on a busy machine
     # during the outage requests do not touch Redis at all
     assert second.status_code == 200

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from freightscale.exceptions import ConfigurationError
 from freightscale.ratelimit import Rule
-from freightscale.ratelimit.headers import render_headers, retry_after
+from freightscale.ratelimit.headers import SingleLimitHeaders, render_headers, retry_after
 from freightscale.ratelimit.rules import compile_path, parse_limits, rules_from_settings
 from freightscale.ratelimit.storage import LimitState
 from freightscale.settings import FreightScaleSettings
@@ -85,3 +85,18 @@ def test_render_headers_styles() -> None:
     refused = [LimitState(item, False, 0, 1030.5), LimitState(item, True, 3, 1100.0)]
     assert retry_after(refused, 1000.0) == 31
     assert retry_after(states, 1000.0) == 1
+
+
+@pytest.mark.parametrize(
+    ("remaining", "reset_at", "now"),
+    [(42, 1017.2, 1000.0), (0, 1000.0, 1000.0), (7, 999.0, 1000.0), (1, 1000.000001, 1000.0)],
+)
+def test_single_limit_headers_render_what_render_headers_does(
+    remaining: int, reset_at: float, now: float
+) -> None:
+    (item,) = parse_limits("100/minute")
+    precomputed = SingleLimitHeaders('we"ird', item.amount, item.get_expiry())
+    expected = render_headers(
+        'we"ird', [LimitState(item, True, remaining, reset_at)], ("draft",), now
+    )
+    assert precomputed.render(remaining, reset_at, now) == expected

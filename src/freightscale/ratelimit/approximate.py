@@ -27,7 +27,7 @@ from limits import RateLimitItem
 
 from freightscale.backends.redis import RedisClient, ensure_ready
 from freightscale.ratelimit.fallback import FailoverBackend
-from freightscale.ratelimit.storage import LimitState, item_suffix
+from freightscale.ratelimit.storage import LimitState, limit_specs
 
 __all__ = ["ApproximateCounters"]
 
@@ -74,32 +74,42 @@ class ApproximateCounters:
         self._closed = False
 
     def hit(self, tag: str, items: Sequence[RateLimitItem], cost: int) -> list[LimitState]:
-        """Decide locally (no I/O); all limits must allow, and then all are consumed."""
-        self._ensure_task()
+        """Decide locally (no I/O, no await); all limits must allow, and then all are consumed."""
+        task = self._task
+        if task is None or task.done():
+            self._ensure_task()
         now = self._clock()
-        counters = [
-            self._counter(f"{self.prefix}:{{{tag}}}/{item_suffix(i)}", i, now) for i in items
-        ]
-        ok = all(
-            c.known + c.pending + c.inflight + cost <= i.amount
-            for c, i in zip(counters, items, strict=True)
-        )
-        states = []
-        for c, item in zip(counters, items, strict=True):
+        base = f"{self.prefix}:{{{tag}}}/"
+        counters = self._counters
+        specs = limit_specs(items)
+        if len(specs) == 1:  # the common case, without the lists
+            spec = specs[0]
+            c = counters.get(base + spec.suffix)
+            if c is None or now >= c.reset_at:
+                c = self._counter(base + spec.suffix, spec.expiry, now)
             used = c.known + c.pending + c.inflight
-            allowed = used + cost <= item.amount
+            allowed = used + cost <= spec.amount
+            if allowed:
+                c.pending += cost
+                used += cost
+            return [LimitState(spec.item, allowed, max(0, spec.amount - used), c.reset_at)]
+        found = [(spec, self._counter(base + spec.suffix, spec.expiry, now)) for spec in specs]
+        ok = all(c.known + c.pending + c.inflight + cost <= spec.amount for spec, c in found)
+        states = []
+        for spec, c in found:
+            used = c.known + c.pending + c.inflight
+            allowed = used + cost <= spec.amount
             if ok:
                 c.pending += cost
                 used += cost
-            states.append(LimitState(item, allowed, max(0, item.amount - used), c.reset_at))
+            states.append(LimitState(spec.item, allowed, max(0, spec.amount - used), c.reset_at))
         return states
 
-    def _counter(self, key: str, item: RateLimitItem, now: float) -> _Counter:
+    def _counter(self, key: str, expiry: int, now: float) -> _Counter:
         counter = self._counters.get(key)
         if counter is None:
             if len(self._counters) >= self.max_keys:
                 self._evict(now)
-            expiry = item.get_expiry()
             counter = self._counters[key] = _Counter(expiry, now + expiry)
         elif now >= counter.reset_at:
             # The window ended: start a new one locally; the next sync confirms it.

@@ -61,6 +61,11 @@ class FailoverBackend:
         self.timeout = timeout
         self.retry_interval = retry_interval
         self._clock = clock
+        # A primary that bounds its own calls by (at most) our timeout — the Redis
+        # backend does it once per batch of concurrent requests — needs no timer
+        # per request here.
+        own = getattr(primary, "timeout", None)
+        self._timed_by_primary = isinstance(own, int | float) and own <= timeout
         self._down_since: float | None = None
         self._next_try = 0.0
 
@@ -86,8 +91,11 @@ class FailoverBackend:
         now = self._clock()
         if self._down_since is None or now >= self._next_try:
             try:
-                async with asyncio.timeout(self.timeout):
+                if self._timed_by_primary:
                     states = await self.primary.hit(tag, items, strategy, cost)
+                else:
+                    async with asyncio.timeout(self.timeout):
+                        states = await self.primary.hit(tag, items, strategy, cost)
             except _FAILURES as exc:
                 self.record_failure(exc, rule=rule)
             else:

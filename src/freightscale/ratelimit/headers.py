@@ -26,7 +26,7 @@ from functools import lru_cache
 
 from freightscale.ratelimit.storage import LimitState
 
-__all__ = ["policy_names", "render_headers", "retry_after"]
+__all__ = ["SingleLimitHeaders", "policy_names", "render_headers", "retry_after"]
 
 
 @lru_cache(maxsize=4096)
@@ -49,6 +49,27 @@ def _policy_value(names: tuple[str, ...], quotas: tuple[tuple[int, int], ...]) -
 
 def _seconds_left(reset_at: float, now: float) -> int:
     return max(0, math.ceil(reset_at - now))
+
+
+class SingleLimitHeaders:
+    """The ``draft`` headers of a one-limit rule, with the constant parts built once.
+
+    ``RateLimit-Policy`` never changes for a rule and is kept whole; of
+    ``RateLimit`` only ``r`` and ``t`` change per request. Renders exactly
+    what :func:`render_headers` does for one state in the ``draft`` style.
+    """
+
+    __slots__ = ("policy", "prefix")
+
+    def __init__(self, rule: str, quota: int, window: int) -> None:
+        name = _safe(rule)
+        self.policy = (b"ratelimit-policy", _policy_value((name,), ((quota, window),)))
+        self.prefix = f'"{name}";r='.encode("ascii")
+
+    def render(self, remaining: int, reset_at: float, now: float) -> list[tuple[bytes, bytes]]:
+        """The two header lines for one request."""
+        seconds = math.ceil(reset_at - now) if reset_at > now else 0
+        return [self.policy, (b"ratelimit", b"%s%d;t=%d" % (self.prefix, remaining, seconds))]
 
 
 def render_headers(

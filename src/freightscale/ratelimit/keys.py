@@ -72,11 +72,12 @@ class ClientIP:
 
     def __init__(self, trusted: TrustedProxies) -> None:
         self.trusted = trusted
+        self._any_trusted = bool(trusted)
 
     def __call__(self, scope: Scope) -> str:
         client = scope.get("client")
         peer = str(client[0]) if client else _UNKNOWN
-        if not self.trusted or peer not in self.trusted:
+        if not self._any_trusted or peer not in self.trusted:
             return peer
         chain = self._chain(scope)
         # Walk from the nearest hop outwards; the first untrusted one is the client.

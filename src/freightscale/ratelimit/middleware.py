@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 import redis.asyncio as aioredis
-from limits import RateLimitItem
 from pydantic import SecretStr
 from redis.asyncio.cluster import RedisCluster
 
@@ -26,7 +25,7 @@ from freightscale.errors import problem_response
 from freightscale.exceptions import ConfigurationError, StoreUnavailableError
 from freightscale.ratelimit.approximate import ApproximateCounters
 from freightscale.ratelimit.fallback import FailoverBackend
-from freightscale.ratelimit.headers import render_headers, retry_after
+from freightscale.ratelimit.headers import SingleLimitHeaders, render_headers, retry_after
 from freightscale.ratelimit.keys import ClientIP, TrustedProxies, hashed, key_for
 from freightscale.ratelimit.redis_backend import RedisLimitBackend
 from freightscale.ratelimit.rules import (
@@ -38,7 +37,6 @@ from freightscale.ratelimit.rules import (
 )
 from freightscale.ratelimit.storage import (
     STRATEGY_CODES,
-    LimitState,
     MemoryLimitBackend,
 )
 from freightscale.settings.ratelimit import RateLimitSettings
@@ -54,6 +52,76 @@ _decisions = get_counter("freightscale.ratelimit.decisions")
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 _SHADOW_LOG_EVERY = 10.0
 _LIST_FIELDS = frozenset((b"ratelimit", b"ratelimit-policy"))  # structured lists: layers combine
+_MAX_ROUTES = 4096  # cached path -> rule decisions
+_MAX_TAGS = 10_000  # cached raw key -> counter tag, per rule
+_MAX_CACHED_KEY = 128  # longer raw keys are hashed on every request, never cached
+
+
+def _safe_key(raw: str) -> str:
+    # Hostile or long values never reach Redis raw (and never carry '{' / '}',
+    # which would break the Cluster hash tag).
+    return raw if _SAFE_KEY.fullmatch(raw) else "h:" + hashed(raw)
+
+
+class _Route:
+    """One rule compiled for the hot path.
+
+    Holds what does not change from request to request: the counter tag's
+    prefix (``<rule>:<strategy>:``) and a bounded cache of tags by raw key,
+    the metric attributes of each outcome, and, for a one-limit rule sent
+    with the ``draft`` headers only, the constant parts of those headers.
+    """
+
+    __slots__ = (
+        "_api_key_header",
+        "_by_ip",
+        "_client_ip",
+        "_prefix",
+        "_tags",
+        "allowed",
+        "limited",
+        "plan",
+        "rule",
+        "shadow_limited",
+        "single",
+    )
+
+    def __init__(self, rule: Rule, middleware: RateLimitMiddleware) -> None:
+        self.rule = rule
+        self.plan = rule.plan
+        self._prefix = f"{rule.name}:{STRATEGY_CODES[rule.strategy]}:"
+        self._tags: dict[str, str] = {}
+        self._by_ip = rule.key == "ip"
+        self._client_ip = middleware._client_ip
+        self._api_key_header = middleware._api_key_header
+        self.allowed = {"rule": rule.name, "outcome": "allowed"}
+        self.limited = {"rule": rule.name, "outcome": "limited"}
+        self.shadow_limited = {"rule": rule.name, "outcome": "shadow_limited"}
+        self.single = None
+        if len(rule.limits) == 1 and tuple(middleware._styles) == ("draft",):
+            item = rule.limits[0]
+            self.single = SingleLimitHeaders(rule.name, item.amount, item.get_expiry())
+
+    def tag(self, scope: Scope) -> str | None:
+        """The request's counter tag ``<rule>:<strategy>:<key>``, or None to skip the rule."""
+        key = self.rule.key
+        if self._by_ip:
+            raw = "ip:" + self._client_ip(scope)
+        elif callable(key):
+            custom = key(scope)
+            if custom is None:
+                return None
+            raw = "c:" + custom
+        else:
+            raw = key_for(key, scope, self._client_ip, self._api_key_header)
+        tag = self._tags.get(raw)
+        if tag is None:
+            tag = self._prefix + _safe_key(raw)
+            if len(raw) <= _MAX_CACHED_KEY:  # long (hashed) keys are not kept in memory
+                if len(self._tags) >= _MAX_TAGS:
+                    self._tags.clear()
+                self._tags[raw] = tag
+        return tag
 
 
 class RateLimitMiddleware:
@@ -89,7 +157,8 @@ class RateLimitMiddleware:
     ) -> None:
         self.app = app
         self.config = config = config or RateLimitSettings()
-        self.rules = list(rules) if rules is not None else rules_from_settings(config, layer=layer)
+        # Compiled below (and cached per path): a tuple, fixed for the middleware's life.
+        self.rules = tuple(rules if rules is not None else rules_from_settings(config, layer=layer))
         self.layer = layer
         self._exempt = (
             re.compile("|".join(f"(?:{compile_path(p).pattern})" for p in config.exempt_paths))
@@ -111,6 +180,12 @@ class RateLimitMiddleware:
             else None
         )
         self._shadow_logged: dict[str, float] = {}
+        # The per-request work that depends only on the rule or the path is done
+        # once: rule matching is cached per path, each rule keeps its tag prefix,
+        # metric labels and constant header parts.
+        self._compiled = [_Route(rule, self) for rule in self.rules]
+        self._by_path = not any(rule.match.methods for rule in self.rules)
+        self._routes: dict[object, _Route | None] = {}
         self.memory = MemoryLimitBackend()
         self.shared: FailoverBackend | None = None
         self.approximate: ApproximateCounters | None = None
@@ -127,7 +202,7 @@ class RateLimitMiddleware:
     def _attach(self, client: RedisClient, prefix: str, *, owns: bool) -> None:
         config = self.config
         self.shared = FailoverBackend(
-            RedisLimitBackend(client, prefix, owns_client=owns),
+            RedisLimitBackend(client, prefix, owns_client=owns, timeout=config.timeout),
             fail_mode=config.fail_mode,
             timeout=config.timeout,
             retry_interval=config.retry_interval,
@@ -154,22 +229,35 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        if self._exempt is not None and self._exempt.fullmatch(path):
-            await self.app(scope, receive, send)
-            return
         method: str = scope["method"]
-        rule = next((r for r in self.rules if r.match.matches(path, method)), None)
-        if rule is None:
-            await self.app(scope, receive, send)
-            return
-        key = self._key(rule, scope)
-        if key is None:
-            await self.app(scope, receive, send)
-            return
-        items = await self._limits(rule, scope)
-        tag = f"{rule.name}:{STRATEGY_CODES[rule.strategy]}:{key}"
         try:
-            states = await self._hit(rule, tag, items)
+            route = self._routes[path if self._by_path else (method, path)]
+        except KeyError:
+            route = self._route(path, method)
+        if route is None:  # exempt, or no rule covers it
+            await self.app(scope, receive, send)
+            return
+        rule = route.rule
+        tag = route.tag(scope)
+        if tag is None:
+            await self.app(scope, receive, send)
+            return
+        items = rule.limits
+        if route.plan and self.plans is not None:
+            tenant = get_tenant_id(scope)
+            if tenant is not None:
+                items = await self.plans.limits_for(tenant, items)
+        if self._provider is not None:
+            self._resolve()
+        try:
+            if self.shared is None:
+                states = await self.memory.hit(tag, items, rule.strategy, rule.cost)
+            elif rule.approximate and self.approximate is not None:
+                states = self.approximate.hit(tag, items, rule.cost)
+            else:
+                states, _degraded = await self.shared.hit(
+                    tag, items, rule.strategy, rule.cost, rule=rule.name
+                )
         except StoreUnavailableError as exc:
             response = problem_response(
                 503,
@@ -180,14 +268,20 @@ class RateLimitMiddleware:
             await response(scope, receive, send)
             return
         now = time.time()
-        headers = render_headers(rule.name, states, self._styles, now)
-        if all(s.allowed for s in states):
-            _decisions.add(1, {"rule": rule.name, "outcome": "allowed"})
+        if route.single is not None and items is rule.limits:
+            state = states[0]
+            allowed = state.allowed
+            headers = route.single.render(state.remaining, state.reset_at, now)
+        else:
+            allowed = all(s.allowed for s in states)
+            headers = render_headers(rule.name, states, self._styles, now)
+        if allowed:
+            _decisions.add(1, route.allowed)
         elif rule.shadow:
-            _decisions.add(1, {"rule": rule.name, "outcome": "shadow_limited"})
+            _decisions.add(1, route.shadow_limited)
             self._log_shadow(rule, now)
         else:
-            _decisions.add(1, {"rule": rule.name, "outcome": "limited"})
+            _decisions.add(1, route.limited)
             seconds = retry_after(states, now)
             refused = next(s for s in states if not s.allowed)
             response = problem_response(
@@ -203,53 +297,38 @@ class RateLimitMiddleware:
         if not headers:
             await self.app(scope, receive, send)
             return
+        single_valued = self._single_valued
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                existing = list(message.get("headers", ()))
-                if self._single_valued:
+                existing = message.get("headers", ())
+                if single_valued:
                     # An inner layer already described its (tighter, later) limit:
                     # the single-valued legacy fields must not appear twice.
+                    existing = list(existing)
                     present = {name.lower() for name, _ in existing}
                     extra = [h for h in headers if h[0] not in present or h[0] in _LIST_FIELDS]
+                    message["headers"] = [*existing, *extra]
                 else:
-                    extra = headers
-                message["headers"] = [*existing, *extra]
+                    message["headers"] = [*existing, *headers]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
 
-    def _key(self, rule: Rule, scope: Scope) -> str | None:
-        if callable(rule.key):
-            raw = rule.key(scope)
-            if raw is None:
-                return None
-            raw = "c:" + raw
-        else:
-            raw = key_for(rule.key, scope, self._client_ip, self._api_key_header)
-        # Hostile or long values never reach Redis raw (and never carry '{' / '}',
-        # which would break the Cluster hash tag).
-        return raw if _SAFE_KEY.fullmatch(raw) else "h:" + hashed(raw)
-
-    async def _limits(self, rule: Rule, scope: Scope) -> tuple[RateLimitItem, ...]:
-        if not (rule.plan and self.plans is not None):
-            return rule.limits
-        tenant = get_tenant_id(scope)
-        if tenant is None:
-            return rule.limits
-        return await self.plans.limits_for(tenant, rule.limits)
-
-    async def _hit(self, rule: Rule, tag: str, items: Sequence[RateLimitItem]) -> list[LimitState]:
-        if self._provider is not None:
-            self._resolve()
-        if self.shared is None:
-            return await self.memory.hit(tag, items, rule.strategy, rule.cost)
-        if rule.approximate and self.approximate is not None:
-            return self.approximate.hit(tag, items, rule.cost)
-        states, _degraded = await self.shared.hit(
-            tag, items, rule.strategy, rule.cost, rule=rule.name
-        )
-        return states
+    def _route(self, path: str, method: str) -> _Route | None:
+        """The compiled rule covering a request (None: exempt or unmatched), cached."""
+        route = None
+        if self._exempt is None or not self._exempt.fullmatch(path):
+            index = next(
+                (i for i, r in enumerate(self.rules) if r.match.matches(path, method)), None
+            )
+            if index is not None:
+                route = self._compiled[index]
+        routes = self._routes
+        if len(routes) >= _MAX_ROUTES:  # paths carry ids: bounded, simply restarted
+            routes.clear()
+        routes[path if self._by_path else (method, path)] = route
+        return route
 
     def _log_shadow(self, rule: Rule, now: float) -> None:
         last = self._shadow_logged.get(rule.name, 0.0)

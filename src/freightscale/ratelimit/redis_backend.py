@@ -12,20 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
 from collections.abc import Sequence
 from math import floor, inf
 from typing import Any
 
+import redis.asyncio as aioredis
 from limits import RateLimitItem
 from limits.aio.storage.redis.bridge import RedisBridge
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from freightscale.backends.redis import RedisClient, ensure_ready
-from freightscale.ratelimit.storage import STRATEGY_CODES, LimitState, item_suffix
+from freightscale.ratelimit.storage import STRATEGY_CODES, LimitState, item_suffix, limit_specs
 
 __all__ = ["MULTI_LIMIT_SCRIPT", "RedisLimitBackend"]
+
+_MAX_COMMANDS = 1024  # packed command templates kept (rules x tenant plans)
 
 
 def _as_function(name: str, body: str | bytes) -> str:
@@ -94,64 +98,143 @@ MULTI_LIMIT_SCRIPT = (
 """``limits``' Redis Lua scripts, unchanged, as functions of one script plus a driver."""
 
 
-class _AutoPipeline:
-    """Sends the EVALSHAs of one event-loop tick in one pipeline.
+_Batch = list[tuple[bytes, "asyncio.Future[Any]"]]
 
-    Concurrent requests each still cost one EVALSHA (and one round trip at
-    most), but they share a connection checkout, a socket write and a read
-    loop: the client-side cost of a command, which dominates at high
-    concurrency, is paid once per batch. Each batch is its own task, so a
-    slow batch never holds up the next.
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+class _Command:
+    """The EVALSHA of one (limits, strategy, cost), packed once; only keys and time vary.
+
+    The wire form is RESP, as redis-py's ``pack_command`` writes it; the
+    parts that never change for a rule (the count, the SHA, the strategy,
+    the cost, every limit's quota and window) are bytes built here, and a
+    request adds its keys and ``now``.
     """
 
-    def __init__(self, client: RedisClient, script: str) -> None:
+    __slots__ = ("_head", "_middle", "_prefix", "_suffixes", "_tail", "items", "specs")
+
+    def __init__(
+        self, sha: str, prefix: str, items: Sequence[RateLimitItem], strategy: str, cost: int
+    ) -> None:
+        self.items = items
+        self.specs = limit_specs(items)
+        suffixes = []
+        for spec in self.specs:
+            if strategy == "sliding-window-counter":
+                suffixes.append(f"/{spec.suffix}/-1".encode())  # limits' previous-window key
+            suffixes.append(f"/{spec.suffix}".encode())
+        self._suffixes = tuple(suffixes)
+        args: list[bytes] = [str(cost).encode(), str(len(self.specs)).encode()]
+        for spec in self.specs:
+            args += [str(spec.amount).encode(), str(spec.expiry).encode()]
+        count = 3 + len(suffixes) + 2 + len(args)
+        self._head = b"*%d\r\n" % count + b"".join(
+            map(_bulk, (b"EVALSHA", sha.encode(), str(len(suffixes)).encode()))
+        )
+        self._middle = _bulk(STRATEGY_CODES[strategy].encode())
+        self._tail = b"".join(map(_bulk, args))
+        self._prefix = f"{prefix}:{{".encode()
+
+    def pack(self, tag: str, now: float) -> bytes:
+        """The command for one request: ``now`` as redis-py would send it (``repr``)."""
+        base = self._prefix + tag.encode() + b"}"
+        parts = [self._head]
+        for suffix in self._suffixes:
+            parts.append(_bulk(base + suffix))
+        parts += [self._middle, _bulk(repr(now).encode()), self._tail]
+        return b"".join(parts)
+
+
+class _Batcher:
+    """Sends the EVALSHAs of one event-loop tick together, on one connection.
+
+    Each request is still one ``EVALSHA`` (at most one round trip), but the
+    requests that arrive in the same tick share a connection checkout, one
+    socket write and one read loop. Commands are packed once per rule (see
+    :class:`_Command`) instead of argument by argument, and a batch has one
+    deadline — ``timeout`` after its first request was queued, so no request
+    waits longer than that — instead of one timer per request. Each batch is
+    its own task, so a slow batch never holds up the next.
+    """
+
+    def __init__(self, client: aioredis.Redis, script: str, timeout: float | None) -> None:
         self.client = client
         self.script = script
         self.sha = hashlib.sha1(script.encode("utf-8")).hexdigest()  # noqa: S324 - Redis' script id
-        self._queue: list[tuple[list[str], list[str | int | float], asyncio.Future[Any]]] = []
+        self.timeout = timeout
+        self._queue: _Batch = []
+        self._deadline: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def call(self, keys: list[str], args: list[str | int | float]) -> Any:
+    def submit(self, command: bytes) -> asyncio.Future[Any]:
+        """Queue one packed ``EVALSHA``; the future gets its reply or error."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if not self._queue:
+            if self.timeout is not None:
+                self._deadline = loop.time() + self.timeout
             loop.call_soon(self._flush)
-        self._queue.append((keys, args, future))
-        return await future
+        self._queue.append((command, future))
+        return future
 
     def _flush(self) -> None:
         batch, self._queue = self._queue, []
-        task = asyncio.get_running_loop().create_task(self._send(batch))
+        task = asyncio.get_running_loop().create_task(self._send(batch, self._deadline))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(
-        self, batch: list[tuple[list[str], list[str | int | float], asyncio.Future[Any]]]
-    ) -> None:
+    async def _send(self, batch: _Batch, deadline: float | None) -> None:
+        results: list[Any]
         try:
-            results = await self._execute(batch)
-            if any(isinstance(r, NoScriptError) for r in results):
-                # First use, or Redis restarted and lost its script cache.
-                await self.client.script_load(self.script)
+            async with asyncio.timeout_at(deadline):
                 results = await self._execute(batch)
+                if any(isinstance(r, NoScriptError) for r in results):
+                    # First use, or Redis restarted and lost its script cache.
+                    await self.client.script_load(self.script)
+                    results = await self._execute(batch)
+        except asyncio.CancelledError:  # the loop is going away: so are the callers
+            for _, future in batch:
+                future.cancel()
+            raise
         except Exception as exc:
             results = [exc] * len(batch)
-        for (_, _, future), result in zip(batch, results, strict=True):
-            if future.done():  # the caller timed out and went on
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():  # the caller went away
                 continue
             if isinstance(result, Exception):
                 future.set_exception(result)
             else:
                 future.set_result(result)
 
-    async def _execute(
-        self, batch: list[tuple[list[str], list[str | int | float], asyncio.Future[Any]]]
-    ) -> list[Any]:
-        pipe = self.client.pipeline(transaction=False)
-        for keys, args, _ in batch:
-            pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
-        return results
+    async def _execute(self, batch: _Batch) -> list[Any]:
+        pool = self.client.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            payload = b"".join(command for command, _ in batch)
+
+            async def round_trip() -> list[Any]:
+                await conn.send_packed_command(payload)
+                replies: list[Any] = []
+                for _ in batch:
+                    try:
+                        # The batch's deadline bounds the reads (math.inf: no timer per reply).
+                        replies.append(await conn.read_response(timeout=math.inf))
+                    except ResponseError as exc:  # a script error: this request only
+                        replies.append(exc)
+                return replies
+
+            async def failed(error: Exception, *_: object) -> None:
+                await conn.disconnect()
+
+            # Connection errors (a stale pooled socket after a Redis restart):
+            # reconnect and resend, as redis-py's own pipeline does.
+            replies: list[Any] = await conn.retry.call_with_retry(round_trip, failed)
+            return replies
+        finally:
+            await pool.release(conn)
 
 
 class RedisLimitBackend:
@@ -161,19 +244,33 @@ class RedisLimitBackend:
         client: a redis-py asyncio client (see ``freightscale.backends.redis``).
         prefix: key prefix (``fs:rl``).
         owns_client: close ``client`` in :meth:`aclose`.
+        timeout: when set, a hit fails with ``TimeoutError`` after this many
+            seconds (single node and Sentinel: one deadline per batch of
+            concurrent requests rather than one timer per request).
     """
 
-    def __init__(self, client: RedisClient, prefix: str, *, owns_client: bool = False) -> None:
+    def __init__(
+        self,
+        client: RedisClient,
+        prefix: str,
+        *,
+        owns_client: bool = False,
+        timeout: float | None = None,
+    ) -> None:
         self.client = client
         self.prefix = prefix
         self.owns_client = owns_client
+        self.timeout = timeout
         self._ready = False
         # Cluster: one script call per request, routed by its hash tag. Single node
-        # and Sentinel: auto-pipelined (same one EVALSHA per request).
+        # and Sentinel: batched per event-loop tick (same one EVALSHA per request).
         self._script = client.register_script(MULTI_LIMIT_SCRIPT)
-        self._pipeline = (
-            None if isinstance(client, RedisCluster) else _AutoPipeline(client, MULTI_LIMIT_SCRIPT)
+        self._batcher = (
+            None
+            if isinstance(client, RedisCluster)
+            else _Batcher(client, MULTI_LIMIT_SCRIPT, timeout)
         )
+        self._commands: dict[tuple[int, str, int], _Command] = {}
 
     def keys_for(self, tag: str, items: Sequence[RateLimitItem], strategy: str) -> list[str]:
         """Every key one hit touches; all share the ``{tag}`` hash slot."""
@@ -190,19 +287,33 @@ class RedisLimitBackend:
         self, tag: str, items: Sequence[RateLimitItem], strategy: str, cost: int
     ) -> list[LimitState]:
         """See :meth:`LimitBackend.hit`."""
-        if not self._ready:
-            await ensure_ready(self.client)
-            self._ready = True
         now = time.time()
-        args: list[str | int | float] = [STRATEGY_CODES[strategy], now, cost, len(items)]
-        for item in items:
-            args += [item.amount, item.get_expiry()]
-        keys = self.keys_for(tag, items, strategy)
-        if self._pipeline is not None:
-            rows = await self._pipeline.call(keys, args)
+        if self._batcher is not None:
+            command = self._command(items, strategy, cost)
+            rows = await self._batcher.submit(command.pack(tag, now))
         else:
-            rows = await self._script(keys=keys, args=args)
+            args: list[str | int | float] = [STRATEGY_CODES[strategy], now, cost, len(items)]
+            for item in items:
+                args += [item.amount, item.get_expiry()]
+            keys = self.keys_for(tag, items, strategy)
+            async with asyncio.timeout(self.timeout):
+                if not self._ready:
+                    await ensure_ready(self.client)
+                    self._ready = True
+                rows = await self._script(keys=keys, args=args)
         return [_state(strategy, item, row, now) for item, row in zip(items, rows, strict=True)]
+
+    def _command(self, items: Sequence[RateLimitItem], strategy: str, cost: int) -> _Command:
+        key = (id(items), strategy, cost)
+        command = self._commands.get(key)
+        if command is None or command.items is not items:
+            if len(self._commands) >= _MAX_COMMANDS:
+                self._commands.clear()
+            assert self._batcher is not None
+            command = self._commands[key] = _Command(
+                self._batcher.sha, self.prefix, items, strategy, cost
+            )
+        return command
 
     async def warm_up(self) -> None:
         """Connect, discover a Cluster's topology and load the script ahead of traffic.

@@ -11,9 +11,9 @@ return each limit's state (allowed, remaining, reset) for the headers.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from limits import RateLimitItem
 from limits.aio.storage import MemoryStorage
@@ -27,17 +27,18 @@ from limits.aio.strategies import (
 __all__ = [
     "STRATEGY_CODES",
     "LimitBackend",
+    "LimitSpec",
     "LimitState",
     "MemoryLimitBackend",
     "item_suffix",
+    "limit_specs",
 ]
 
 STRATEGY_CODES = {"fixed-window": "fw", "moving-window": "mw", "sliding-window-counter": "sw"}
 
 
-@dataclass(frozen=True, slots=True)
-class LimitState:
-    """One limit's verdict and window after a hit.
+class LimitState(NamedTuple):
+    """One limit's verdict and window after a hit (immutable; cheap to build per request).
 
     Attributes:
         item: the limit.
@@ -66,8 +67,55 @@ class LimitBackend(Protocol):
         ...
 
 
+class LimitSpec(NamedTuple):
+    """What the backends need of one limit, computed once per limits tuple.
+
+    Attributes:
+        item: the limit.
+        amount: its quota.
+        expiry: its window in seconds.
+        suffix: the part of a key that names it (``100/1/second``, see :func:`item_suffix`).
+        namespace: the item's ``limits`` namespace (the first part of ``item.key_for``).
+    """
+
+    item: RateLimitItem
+    amount: int
+    expiry: int
+    suffix: str
+    namespace: str
+
+
+_SPECS: dict[int, tuple[Sequence[RateLimitItem], tuple[LimitSpec, ...]]] = {}
+_MAX_SPECS = 4096
+
+
+def limit_specs(items: Sequence[RateLimitItem]) -> tuple[LimitSpec, ...]:
+    """The specs of ``items``, cached by the identity of the sequence.
+
+    A rule's limits (and a cached tenant plan) are the same tuple on every
+    request, so the per-request cost is one dict lookup. The cache holds a
+    reference to each sequence it keys, so an id is never reused while cached.
+    """
+    entry = _SPECS.get(id(items))
+    if entry is not None and entry[0] is items:
+        return entry[1]
+    specs = tuple(
+        LimitSpec(i, i.amount, i.get_expiry(), item_suffix(i), i.namespace) for i in items
+    )
+    if len(_SPECS) >= _MAX_SPECS:
+        _SPECS.clear()
+    _SPECS[id(items)] = (items, specs)
+    return specs
+
+
 class MemoryLimitBackend:
-    """Counters in this process, through ``limits.aio`` strategies."""
+    """Counters in this process, through ``limits.aio``'s ``MemoryStorage``.
+
+    Fixed windows call the storage's ``incr`` directly (what
+    ``FixedWindowRateLimiter.hit`` does) and read the window's end from the
+    storage's expiry table (what ``get_window_stats`` would await for); the
+    other strategies go through ``limits``' rate limiters.
+    """
 
     def __init__(self) -> None:
         self.storage = MemoryStorage()
@@ -81,24 +129,28 @@ class MemoryLimitBackend:
         self, tag: str, items: Sequence[RateLimitItem], strategy: str, cost: int
     ) -> list[LimitState]:
         """See :meth:`LimitBackend.hit`."""
-        limiter = self._limiters[strategy]
         storage = self.storage
         states = []
         ok = True
-        for item in items:
-            allowed = True  # limits after a refusal are not attempted, nor blamed
-            if strategy == "fixed-window":
-                # FixedWindowRateLimiter.hit / get_window_stats on one key: the count
-                # incr returns is what get would read, so skip that call.
-                key, expiry = item.key_for(tag), item.get_expiry()
+        if strategy == "fixed-window":
+            # One storage call per limit: the count incr returns is what
+            # get_window_stats would read, and MemoryStorage.get_expiry(key) is
+            # this lookup of its expiry table (set by incr), without an await.
+            expirations = storage.expirations
+            for spec in limit_specs(items):
+                key = f"{spec.namespace}/{tag}/{spec.suffix}"  # spec.item.key_for(tag)
                 if ok:
-                    count = await storage.incr(key, expiry, amount=cost)
-                    allowed = ok = count <= item.amount
-                else:
+                    count = await storage.incr(key, spec.expiry, amount=cost)
+                    allowed = ok = count <= spec.amount
+                else:  # limits after a refusal are not attempted, nor blamed
+                    allowed = True
                     count = await storage.get(key)
-                reset = await storage.get_expiry(key)
-                states.append(LimitState(item, allowed, max(0, item.amount - count), reset))
-                continue
+                reset = expirations.get(key) or time.time()
+                states.append(LimitState(spec.item, allowed, max(0, spec.amount - count), reset))
+            return states
+        limiter = self._limiters[strategy]
+        for item in items:
+            allowed = True
             if ok:
                 allowed = ok = await limiter.hit(item, tag, cost=cost)
             stats = await limiter.get_window_stats(item, tag)
