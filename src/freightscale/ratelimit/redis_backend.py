@@ -304,15 +304,16 @@ class RedisLimitBackend:
         return [_state(strategy, item, row, now) for item, row in zip(items, rows, strict=True)]
 
     def _command(self, items: Sequence[RateLimitItem], strategy: str, cost: int) -> _Command:
+        # Packed once per limits tuple (a rule's, a cached plan's), strategy and cost.
+        assert self._batcher is not None
         key = (id(items), strategy, cost)
         command = self._commands.get(key)
         if command is None or command.items is not items:
-            if len(self._commands) >= _MAX_COMMANDS:
-                self._commands.clear()
-            assert self._batcher is not None
-            command = self._commands[key] = _Command(
-                self._batcher.sha, self.prefix, items, strategy, cost
-            )
+            command = _Command(self._batcher.sha, self.prefix, items, strategy, cost)
+            if type(items) is tuple:  # other sequences may change: packed afresh
+                if len(self._commands) >= _MAX_COMMANDS:
+                    self._commands.clear()
+                self._commands[key] = command
         return command
 
     async def warm_up(self) -> None:

@@ -90,11 +90,12 @@ _MAX_SPECS = 4096
 
 
 def limit_specs(items: Sequence[RateLimitItem]) -> tuple[LimitSpec, ...]:
-    """The specs of ``items``, cached by the identity of the sequence.
+    """The specs of ``items``; a tuple's are cached by its identity.
 
     A rule's limits (and a cached tenant plan) are the same tuple on every
     request, so the per-request cost is one dict lookup. The cache holds a
-    reference to each sequence it keys, so an id is never reused while cached.
+    reference to each tuple it keys, so an id is never reused while cached;
+    other sequences (which may change) are read afresh.
     """
     entry = _SPECS.get(id(items))
     if entry is not None and entry[0] is items:
@@ -102,9 +103,10 @@ def limit_specs(items: Sequence[RateLimitItem]) -> tuple[LimitSpec, ...]:
     specs = tuple(
         LimitSpec(i, i.amount, i.get_expiry(), item_suffix(i), i.namespace) for i in items
     )
-    if len(_SPECS) >= _MAX_SPECS:
-        _SPECS.clear()
-    _SPECS[id(items)] = (items, specs)
+    if type(items) is tuple:
+        if len(_SPECS) >= _MAX_SPECS:
+            _SPECS.clear()
+        _SPECS[id(items)] = (items, specs)
     return specs
 
 
