@@ -65,7 +65,8 @@ def redis_keys(url: str, prefix: str) -> dict[bytes, bytes]:
     try:
         keys = list(client.scan_iter(match=f"{prefix}:session:*", count=1000))
         values = client.mget(keys) if keys else []
-        return dict(zip(keys, values, strict=True))
+        # A key that expired between SCAN and MGET reads as None: it is gone.
+        return {k: v for k, v in zip(keys, values, strict=True) if v is not None}
     finally:
         client.close()
 
