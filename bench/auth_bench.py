@@ -25,7 +25,6 @@ import asyncio
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 from bench.auth_app import SECRET, build  # noqa: E402
+from bench.net import free_port, wait_port  # noqa: E402
 
 VARIANTS = ["none", "hs256-verify", "hs256-cached", "rs256-verify", "rs256-cached"]
 
@@ -62,23 +62,6 @@ def token_for(variant: str, key: Any) -> str:
     if variant.startswith("rs256"):
         return jwt.encode(claims, key, algorithm="RS256")
     return jwt.encode(claims, SECRET, algorithm="HS256")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"server on {port} did not start")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -125,7 +108,7 @@ def with_servers(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict
             )  # fmt: skip
             servers[variant] = (proc, port)
         for _, port in servers.values():
-            wait_port(port)
+            wait_port(port, timeout=120)
         tokens = {v: token_for(v, key) if v != "none" else None for v in VARIANTS}
         for variant, (_, port) in servers.items():  # warm up (and warm the caches)
             run_wrk(port, tokens[variant], 1, 4)

@@ -39,6 +39,8 @@ SERVERS = ("uvicorn-uvloop", "uvicorn-asyncio", "granian")
 
 sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 
+from bench.net import free_port  # noqa: E402
+
 
 @dataclass
 class Variant:
@@ -108,15 +110,6 @@ def wrk_command(url: str, *, connections: int, duration: float, threads: int) ->
             "--timeout", "5s", "-s", str(LUA), url,
         ],
     )  # fmt: skip
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_until_up(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:

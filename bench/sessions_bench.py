@@ -29,7 +29,6 @@ import json
 import os
 import re
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,23 +41,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("bare", "get", "get-fs", "freightscale", "starsessions")
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"port {port} did not open")
+sys.path[:0] = [str(ROOT)]
+from bench.net import free_port, wait_port  # noqa: E402
 
 
 def start(variant: str, redis_url: str, prefix: str) -> tuple[subprocess.Popen[bytes], int]:

@@ -37,7 +37,6 @@ import platform
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -63,24 +62,7 @@ NOTES_MARKER = "<!-- notes: kept when bench/load/run.py rewrites this page -->"
 
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
-
+from bench.net import free_port, wait_port  # noqa: E402
 
 # --------------------------------------------------------------------------- services
 
