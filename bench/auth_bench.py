@@ -44,6 +44,10 @@ from bench.net import free_port, wait_port  # noqa: E402
 
 VARIANTS = ["none", "hs256-verify", "hs256-cached", "rs256-verify", "rs256-cached"]
 
+PIN: tuple[int, int] | None = None
+"""(wrk's core, the servers' core) with --pin: the scheduler no longer moves
+either, so rounds differ less (on two cores the pair would otherwise share)."""
+
 
 def make_key() -> tuple[Any, str]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -75,6 +79,8 @@ def run_wrk(
 ) -> tuple[float, float]:
     """Run wrk; return (requests/s of wall time, requests per CPU-second of the server)."""
     args = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s"]
+    if PIN is not None:  # the load generator on its own core, away from the server's
+        args[:0] = ["taskset", "-c", str(PIN[0])]
     if token:
         args += ["-H", f"Authorization: Bearer {token}"]
     args.append(f"http://127.0.0.1:{port}/json")
@@ -106,6 +112,8 @@ def with_servers(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict
                  "--http", "httptools"],
                 cwd=ROOT, env=dict(env, FS_BENCH_VARIANT=variant),
             )  # fmt: skip
+            if PIN is not None:
+                os.sched_setaffinity(proc.pid, {PIN[1]})
             servers[variant] = (proc, port)
         for _, port in servers.values():
             wait_port(port, timeout=120)
@@ -185,9 +193,17 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--inprocess", action="store_true", help="drive ASGI directly")
     parser.add_argument("--requests", type=int, default=20_000, help="per in-process round")
+    parser.add_argument(
+        "--pin", action=argparse.BooleanOptionalAction, default=True,
+        help="pin wrk and the servers to two different cores (default on, with >= 2 cores)",
+    )  # fmt: skip
     args = parser.parse_args()
+    global PIN
+    cores = sorted(os.sched_getaffinity(0))
+    if args.pin and len(cores) >= 2 and shutil.which("taskset"):
+        PIN = (cores[0], cores[1])
     print("command: python " + " ".join(sys.argv))
-    print(f"cpus: {os.cpu_count()}  load average: {os.getloadavg()}")
+    print(f"cpus: {os.cpu_count()}  load average: {os.getloadavg()}  pinned (wrk, servers): {PIN}")
     if args.inprocess:
         report("requests per CPU-second, in process", in_process(args))
         return
@@ -197,12 +213,21 @@ def main() -> None:
 
 
 def report(title: str, results: dict[str, list[float]]) -> None:
+    """Medians and their ratio to ``none``, and the median of the per-round ratios.
+
+    A round runs every variant back to back, so its own ratio is the one least
+    touched by drift over the run; both are printed.
+    """
     baseline = statistics.median(results["none"])
     print(f"\n{title}")
-    print(f"{'variant':<14} {'median':>10} {'ratio to none':>14}")
+    print(f"{'variant':<14} {'median':>10} {'ratio to none':>14} {'per-round ratios (median)':>27}")
     for variant in VARIANTS:
         median = statistics.median(results[variant])
-        print(f"{variant:<14} {median:>10.0f} {median / baseline:>13.2f}x")
+        paired = [v / n for v, n in zip(results[variant], results["none"], strict=True)]
+        print(
+            f"{variant:<14} {median:>10.0f} {median / baseline:>13.2f}x "
+            f"{statistics.median(paired):>26.2f}x"
+        )
 
 
 if __name__ == "__main__":

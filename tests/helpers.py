@@ -7,9 +7,12 @@ drivers here call an ASGI app directly with hand-built scopes.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from freightscale.telemetry import METRICS, get_counter
 from freightscale.types import ASGIApp, Message
 from tests.servers import free_port
 
@@ -141,3 +144,30 @@ async def websocket_session(
     async with asyncio.timeout(5):
         await app(scope, receive, send)
     return sent
+
+
+CounterKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def counter_totals() -> dict[CounterKey, int]:
+    """Every freightscale counter series now: {(metric, sorted label items): total}."""
+    totals: dict[CounterKey, int] = {}
+    for spec in METRICS.values():
+        if spec.kind == "counter":
+            for labels, value in get_counter(spec.name).values().items():
+                totals[(spec.name, tuple(sorted(labels)))] = value
+    return totals
+
+
+@contextmanager
+def counted() -> Iterator[dict[CounterKey, int]]:
+    """What the block added to freightscale's counters (series that did not move are absent).
+
+    Counters are process-wide running totals, so tests compare before and after.
+    """
+    before = counter_totals()
+    added: dict[CounterKey, int] = {}
+    yield added
+    for key, value in counter_totals().items():
+        if value != before.get(key, 0):
+            added[key] = value - before.get(key, 0)

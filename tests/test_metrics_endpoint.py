@@ -28,7 +28,7 @@ from freightscale.exceptions import ConfigurationError
 from freightscale.settings import FreightScaleSettings
 from freightscale.settings.telemetry import TelemetrySettings
 from freightscale.stack import build_stack
-from freightscale.telemetry import METRICS
+from freightscale.telemetry import METRICS, get_counter
 from freightscale.telemetry.prometheus import (
     SECONDS_BUCKETS,
     MetricsApp,
@@ -279,6 +279,25 @@ def test_install_prometheus_returns_the_apps_own_provider() -> None:
     provider = MeterProvider()
     assert install_prometheus(provider) is provider
     assert tuple(sorted(SECONDS_BUCKETS)) == SECONDS_BUCKETS
+
+
+def test_the_apps_own_provider_gets_freightscales_counters() -> None:
+    """A provider that is not the global one still scrapes every freightscale counter."""
+    registry = CollectorRegistry()
+    provider = MeterProvider(metric_readers=[prometheus_reader(registry)])
+    install_prometheus(provider)
+    get_counter("freightscale.errors.unhandled").add(1, {"error.type": "Probe"})
+    samples = [
+        sample
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == "freightscale_errors_unhandled_total"
+        and sample.labels.get("error_type") == "Probe"
+    ]
+    total = get_counter("freightscale.errors.unhandled").values()[
+        frozenset({("error.type", "Probe")})
+    ]
+    assert [sample.value for sample in samples] == [total]
 
 
 _PROBE = textwrap.dedent(

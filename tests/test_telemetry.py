@@ -370,8 +370,30 @@ def test_getters_cache_and_check_the_registry() -> None:
         get_counter("freightscale.no.such.metric")
     with pytest.raises(TypeError, match="histogram"):
         get_counter("freightscale.health.check.duration")
-    # No SDK: recording is accepted and does nothing.
-    get_counter("freightscale.errors.unhandled").add(1, {"error.type": "X"})
+    # No SDK: the totals are kept all the same (an SDK installed later reports them).
+    counter = get_counter("freightscale.errors.unhandled")
+    before = counter.values().get(frozenset({("error.type", "X")}), 0)
+    counter.add(1, {"error.type": "X"})
+    assert counter.values()[frozenset({("error.type", "X")})] == before + 1
+
+
+def test_counter_series_are_shared_running_totals() -> None:
+    counter = get_counter("freightscale.compression.bytes")
+    tally = counter.series({"encoding": "br", "direction": "in"})
+    # Same labels in any order: the same series.
+    assert counter.series({"direction": "in", "encoding": "br"}) is tally
+    start = tally.value
+    tally.value += 5
+    tally.add(2)
+    counter.add(3, {"direction": "in", "encoding": "br"})
+    assert tally.value == start + 10
+    observed = {
+        tuple(sorted(o.attributes.items())): o.value for o in counter.observe() if o.attributes
+    }
+    assert observed[(("direction", "in"), ("encoding", "br"))] == start + 10
+    assert tally.attributes == {"encoding": "br", "direction": "in"}
+    with pytest.raises(TypeError):
+        tally.attributes["encoding"] = "gzip"  # type: ignore[index]
 
 
 def test_meter_and_tracer_are_named_freightscale() -> None:

@@ -101,10 +101,9 @@ def scope_state(scope: Scope) -> dict[str, Any]:
 def get_principal(scope: Scope | None = None) -> Principal | None:
     """Return the current principal (from ``scope`` when given, else the contextvar)."""
     if scope is not None:
-        principal = scope_state(scope).get("principal")
-        if isinstance(principal, Principal):
-            return principal
-        return None
+        # Starlette's "user" key: where the auth middleware (and _record) put it.
+        user = scope.get("user")
+        return user if isinstance(user, Principal) else None
     return _principal.get()
 
 
@@ -125,10 +124,18 @@ def set_principal(
     """Make ``principal`` current until :func:`reset_principal` (a hot-path
     alternative to :func:`bind_principal` with no generator); record it in ``scope``."""
     if scope is not None:
-        scope_state(scope)["principal"] = principal
-        if principal is not None:
-            scope["user"] = principal
+        _record(principal, scope)
     return _principal.set(principal)
+
+
+def _record(principal: Principal | None, scope: Scope) -> None:
+    # Starlette's "user" key holds the principal; anonymous is its UnauthenticatedUser.
+    if principal is not None:
+        scope["user"] = principal
+    elif isinstance(scope.get("user"), Principal):
+        from starlette.authentication import UnauthenticatedUser
+
+        scope["user"] = UnauthenticatedUser()
 
 
 def reset_principal(token: contextvars.Token[Principal | None]) -> None:
@@ -140,13 +147,10 @@ def reset_principal(token: contextvars.Token[Principal | None]) -> None:
 def bind_principal(principal: Principal | None, scope: Scope | None = None) -> Iterator[None]:
     """Make ``principal`` current for the duration of the block.
 
-    Also records it in ``scope`` (freightscale's state and Starlette's
-    ``user`` key) when a scope is given.
+    Also records it in ``scope`` (Starlette's ``user`` key) when a scope is given.
     """
     if scope is not None:
-        scope_state(scope)["principal"] = principal
-        if principal is not None:
-            scope["user"] = principal
+        _record(principal, scope)
     token = _principal.set(principal)
     try:
         yield

@@ -25,7 +25,7 @@ from freightscale.telemetry import get_counter
 from freightscale.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from opentelemetry.metrics import Counter
+    from freightscale.telemetry import Counter
 
 __all__ = [
     "PROBLEM_CONTENT_TYPE",

@@ -96,7 +96,8 @@ async def test_warm_path_reloads_permissions_after_their_ttl() -> None:
     store = MemoryStore(clock=lambda: now[0])  # the shared copy expires on the same clock
     auth = Authenticator(hs_settings(permission_ttl=10), store=store, permission_loader=loader)
     assert auth.permissions is not None
-    auth.permissions.clock = lambda: now[0]
+    # Both clocks: the warm path keeps the permissions' deadline on the cache's clock.
+    auth.permissions.clock = auth.cache.clock = lambda: now[0]
     app = AuthMiddleware(make_app(), authenticator=auth)
     token = hs_token(roles=["dispatcher"])
     for step in range(30):  # 30 simulated seconds

@@ -12,6 +12,11 @@ import httpx
 import pytest
 import redis as sync_redis
 from fastapi import Depends, FastAPI
+from starlette.applications import Starlette
+from starlette.endpoints import HTTPEndpoint
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from freightscale.auth import (
     Authenticator,
@@ -83,6 +88,59 @@ async def test_starlette_decorator_allows_denies_and_challenges() -> None:
     me = (await get(app, bearer(hs_token(roles=["viewer"])))).json()
     assert me["permissions"] == ["shipments:read"]
     assert "shipments:read" in me["auth_scopes"]
+
+
+class _Shipments(HTTPEndpoint):
+    @require_permission("shipments:write")
+    async def post(self, request: Request) -> JSONResponse:
+        return JSONResponse({"method": True})
+
+
+@require_permission("shipments:write")
+async def _write_one(request: Request) -> JSONResponse:
+    return JSONResponse({"one": True})
+
+
+@require_permission("shipments:write")
+def _sync_write(request: Request) -> JSONResponse:  # run in the thread pool
+    return JSONResponse({"sync": True})
+
+
+@require_permission("shipments:write")
+async def _keyword_write(request: Request, note: str = "") -> JSONResponse:
+    return JSONResponse({"keyword": note})
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/method", {"method": True}), ("/sync", {"sync": True}), ("/keyword", {"keyword": ""})],
+)
+async def test_decorator_guards_methods_sync_and_extra_parameter_endpoints(
+    path: str, body: dict[str, Any]
+) -> None:
+    inner = Starlette(
+        routes=[
+            Route("/method", _Shipments),
+            Route("/sync", _sync_write, methods=["POST"]),
+            Route("/keyword", _keyword_write, methods=["POST"]),
+        ]
+    )
+    app = AuthMiddleware(inner, hs_settings(), permission_loader=Loader())
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        allowed = await client.post(path, headers=bearer(hs_token(roles=["dispatcher"])))
+        denied = await client.post(path, headers=bearer(hs_token(roles=["viewer"])))
+        anonymous = await client.post(path)
+    assert (allowed.status_code, allowed.json()) == (200, body)
+    assert denied.status_code == 403
+    assert "shipments:write" in denied.json()["detail"]
+    assert anonymous.status_code == 401
+
+
+@pytest.mark.parametrize("endpoint", [_Shipments.post, _keyword_write, _write_one])
+async def test_decorated_endpoint_without_a_request_is_a_type_error(endpoint: Any) -> None:
+    with pytest.raises(TypeError, match="received no request"):
+        await endpoint("not a request")
 
 
 async def test_without_loader_everything_is_denied() -> None:

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from freightscale.caching import ResponseCacheMiddleware, add_cache_tags
-from freightscale.context import Principal, bind_principal
+from freightscale.context import Principal, bind_principal, get_principal
 from freightscale.settings.cache import CacheRule, CacheSettings
 from freightscale.types import ASGIApp, Receive, Scope, Send
 
@@ -31,7 +31,7 @@ class Counter:
 
 
 def who(request: Request) -> dict[str, Any]:
-    p = request.scope.get("freightscale", {}).get("principal")
+    p = get_principal(request.scope)
     return {
         "user": p.user_id if p else None,
         "tenant": p.tenant_id if p else None,

@@ -332,9 +332,9 @@ async def test_read_your_writes_holds_across_instances(
     keys = []
     for user in ("dave", "erin"):
         scope: dict[str, Any] = {"type": "http", "headers": [(b"x-user", user.encode())]}
-        from freightscale.context import Principal, scope_state
+        from freightscale.context import Principal
 
-        scope_state(scope)["principal"] = Principal(user_id=user, tenant_id="t1")
+        scope["user"] = Principal(user_id=user, tenant_id="t1")
         keys.append(first.client_key(scope))
     ttl = await first.store.expires_in(keys[0] or "")
     assert ttl is not None

@@ -22,6 +22,7 @@ from freightscale.sessions import SessionMiddleware
 from freightscale.sessions.backends import encode_record
 from freightscale.sessions.redis import RedisSessionBackend
 from freightscale.settings import RedisSettings
+from tests.helpers import counted
 from tests.servers import RedisServer
 from tests.sessions.apps import starlette_app
 from tests.sessions.conftest import settings
@@ -220,47 +221,32 @@ async def test_store_lost_between_load_and_write(
 
 
 async def test_metrics_count_loads_saves_outages_and_fallbacks(
-    durable_redis: RedisServer, closing: list[SessionMiddleware], monkeypatch: pytest.MonkeyPatch
+    durable_redis: RedisServer, closing: list[SessionMiddleware]
 ) -> None:
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-
-    import freightscale.sessions.middleware as middleware_module
-
-    reader = InMemoryMetricReader()
-    meter = MeterProvider(metric_readers=[reader]).get_meter("test")
-    for name in ("_loads", "_saves", "_outages", "_fallbacks"):
-        monkeypatch.setattr(middleware_module, name, meter.create_counter(name.strip("_")))
-
     app = make_app(durable_redis.url, fail_mode="open")
     closing.append(app)
     admin = redis.Redis.from_url(durable_redis.url)
-    async with client(app) as c:
-        await c.get("/set?user=alice")  # saved
-        await c.get("/get")  # hit
-        sid = c.cookies["fs_session"].split(".")[0]
-        admin.set(f"fs:session:{sid}", b"{not json")
-        await c.get("/get")  # invalid (and the cookie is expired)
-        await c.get("/set?user=bob")  # saved: a fresh session
-        durable_redis.stop()
-        await c.get("/get")  # error + fallback + one outage
-        await c.get("/get")  # error + fallback, same outage
-        durable_redis.start()
+    with counted() as seen:
+        async with client(app) as c:
+            await c.get("/set?user=alice")  # saved
+            await c.get("/get")  # hit
+            sid = c.cookies["fs_session"].split(".")[0]
+            admin.set(f"fs:session:{sid}", b"{not json")
+            await c.get("/get")  # invalid (and the cookie is expired)
+            await c.get("/set?user=bob")  # saved: a fresh session
+            durable_redis.stop()
+            await c.get("/get")  # error + fallback + one outage
+            await c.get("/get")  # error + fallback, same outage
+            durable_redis.start()
     admin.close()
-    data = reader.get_metrics_data()
-    assert data is not None
-    seen: dict[tuple[str, tuple[tuple[str, Any], ...]], int] = {}
-    for rm in data.resource_metrics:
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                for point in metric.data.data_points:
-                    seen[(metric.name, tuple(sorted(point.attributes.items())))] = point.value
-    assert seen[("saves", (("result", "saved"),))] == 2
-    assert seen[("loads", (("result", "hit"),))] == 1
-    assert seen[("loads", (("result", "invalid"),))] == 1
-    assert seen[("loads", (("result", "error"),))] == 2
-    assert seen[("fallbacks", (("component", "sessions"), ("policy", "open")))] == 2
-    assert seen[("outages", (("component", "sessions"), ("service", "redis")))] == 1
+    assert seen[("freightscale.sessions.saves", (("result", "saved"),))] == 2
+    assert seen[("freightscale.sessions.loads", (("result", "hit"),))] == 1
+    assert seen[("freightscale.sessions.loads", (("result", "invalid"),))] == 1
+    assert seen[("freightscale.sessions.loads", (("result", "error"),))] == 2
+    fallbacks = (("component", "sessions"), ("policy", "open"))
+    assert seen[("freightscale.backend.fallbacks", fallbacks)] == 2
+    outages = (("component", "sessions"), ("service", "redis"))
+    assert seen[("freightscale.backend.outages", outages)] == 1
 
 
 async def test_client_provider_resolved_on_first_use(

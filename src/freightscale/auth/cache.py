@@ -29,7 +29,7 @@ from starlette.authentication import AuthCredentials
 
 from freightscale.context import Principal
 
-__all__ = ["TOKEN_FORMAT", "CachedToken", "VerificationCache", "token_key"]
+__all__ = ["TOKEN_FORMAT", "CachedToken", "Generation", "VerificationCache", "token_key"]
 
 TOKEN_FORMAT = re.compile(rb"[\x21-\x7e]+")
 """A bearer token as the middleware accepts it: visible ASCII only (RFC 6750's
@@ -43,6 +43,28 @@ def token_key(token: str | bytes) -> bytes:
     return token
 
 
+class Generation:
+    """A number bumped whenever something a cached answer was built from changes.
+
+    The revocation list bumps it when it hears of a revocation (or loses
+    events), the permission cache when its tables change. A cached token
+    stamped with the current :attr:`value` may be answered as it is; any
+    other is checked again first (locally, with no I/O when it can be).
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def __repr__(self) -> str:
+        return f"Generation({self.value})"
+
+    def bump(self) -> None:
+        """Mark every answer built so far as to be checked again."""
+        self.value += 1
+
+
 @dataclass(slots=True, eq=False)
 class CachedToken:
     """What the cache keeps for one verified token.
@@ -53,10 +75,11 @@ class CachedToken:
         jti, iat: the claims the revocation check needs.
         permissions: the permission set the last request resolved (identity-compared).
         resolved: the principal with ``permissions`` and its Starlette credentials.
-        generation: the permission cache's ``generation`` when ``permissions`` was read.
-        permissions_until: the permission cache's clock time ``permissions`` expire;
-            ``resolved`` is reused without a permission lookup only while
-            ``generation`` is unchanged and this time is ahead.
+        generation: the :class:`Generation` value ``resolved`` was checked at.
+        until: the cache-clock time ``resolved`` may be reused until without a
+            check: the earlier of ``expires_at`` and the permissions' deadline.
+            ``resolved`` is answered as it is only while ``generation`` is
+            current and this time is ahead.
     """
 
     principal: Principal
@@ -66,7 +89,7 @@ class CachedToken:
     permissions: frozenset[str] | None = None
     resolved: tuple[Principal, AuthCredentials] | None = field(default=None)
     generation: int = -1
-    permissions_until: float = float("-inf")
+    until: float = float("-inf")
 
 
 class _Fifo(FIFOCache[bytes, Any]):

@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
-from freightscale.context import SCOPE_KEY, Principal
+from freightscale.context import Principal
 from freightscale.errors import problem_response
 from freightscale.exceptions import AuthenticationError, FreightScaleError, PermissionDenied
 
@@ -86,9 +86,8 @@ class PermissionRequirement:
             NotAuthenticated: no principal.
             Forbidden: a permission is missing.
         """
-        # get_principal(conn.scope) without its two calls (this runs on every guarded request).
-        state = conn.scope.get(SCOPE_KEY)
-        principal = state.get("principal") if state else None
+        # get_principal(conn.scope) without its call (this runs on every guarded request).
+        principal = conn.scope.get("user")
         if not isinstance(principal, Principal):
             raise NotAuthenticated()
         granted = principal.permissions
@@ -112,6 +111,8 @@ class PermissionRequirement:
 
     def _decorate(self, endpoint: Callable[..., Any]) -> Callable[..., Any]:
         is_async = inspect.iscoroutinefunction(endpoint)
+        if is_async and _takes_one_request(endpoint):
+            return self._decorate_request_endpoint(endpoint)
 
         @functools.wraps(endpoint)
         async def guarded(*args: Any, **kwargs: Any) -> Any:
@@ -134,6 +135,37 @@ class PermissionRequirement:
             return await run_in_threadpool(endpoint, *args, **kwargs)
 
         return guarded
+
+    def _decorate_request_endpoint(self, endpoint: Callable[..., Any]) -> Callable[..., Any]:
+        # The common Starlette endpoint, ``async def endpoint(request)``: the same
+        # guard as the general wrapper, without packing and unpacking arguments.
+        check = self.check
+
+        @functools.wraps(endpoint)
+        async def guarded(request: Any) -> Any:
+            if type(request) is not Request and not isinstance(request, HTTPConnection):
+                raise TypeError(f"{endpoint.__qualname__} received no request to check")
+            try:
+                check(request)
+            except FreightScaleError as exc:
+                return _problem(request, exc)
+            return await endpoint(request)
+
+        return guarded
+
+
+def _takes_one_request(endpoint: Callable[..., Any]) -> bool:
+    """Whether ``endpoint`` is called with exactly one positional argument (the request)."""
+    try:
+        parameters = list(inspect.signature(endpoint).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return (
+        len(parameters) == 1
+        and parameters[0].kind
+        in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        and parameters[0].default is inspect.Parameter.empty
+    )
 
 
 def _covering(permission: str) -> list[str]:

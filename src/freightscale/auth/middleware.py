@@ -13,7 +13,7 @@ Per request (a pure ASGI middleware):
    token's tenant, else 403;
 5. the principal is bound: ``scope["user"]``, ``scope["auth"]`` (Starlette's
    ``AuthCredentials`` of the token's scopes plus the granted permissions, so
-   ``requires()`` works), ``scope["freightscale"]["principal"]`` and the
+   ``requires()`` works; ``get_principal(scope)`` reads it there) and the
    contextvar the database layer, caches, rate limits and logs read.
 
 With the caches warm, steps 3 to 5 do no I/O at all.
@@ -33,7 +33,7 @@ from freightscale.auth.service import Authenticator
 from freightscale.auth.tenant import TenantGuard
 from freightscale.auth.verify import InvalidToken
 from freightscale.backends.redis import RedisClient
-from freightscale.context import SCOPE_KEY, reset_principal, set_principal
+from freightscale.context import _principal, reset_principal, set_principal
 from freightscale.errors import problem_response
 from freightscale.exceptions import ConfigurationError, StoreUnavailableError
 from freightscale.settings.auth import AuthSettings
@@ -90,8 +90,15 @@ class AuthMiddleware:
         self.require_auth = settings.require_auth
         self.exempt = tuple(settings.exempt_paths)
         self.public = tuple(settings.public_paths)
-        self.tenant_guard = TenantGuard(settings)
+        self.tenant_guard = guard = TenantGuard(settings)
+        self._guard_active = guard.active
+        self._guard_headers = guard.checks_headers
+        self._guard_prefix = guard.path_prefix
         self._cached = authenticator.cached
+        # The principal contextvar's own set/reset (C methods): what set_principal() and
+        # reset_principal() call, without their Python frames on every request.
+        self._bind = _principal.set
+        self._unbind = _principal.reset
         self._failures = get_counter("freightscale.auth.failures")
 
     def __repr__(self) -> str:
@@ -109,7 +116,8 @@ class AuthMiddleware:
         raw: bytes | None = None
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
-                if value[:7].lower() == b"bearer ":
+                prefix = value[:7]
+                if prefix == b"Bearer " or prefix.lower() == b"bearer ":
                     raw = value[7:]
                 break
         if raw is None:
@@ -146,25 +154,19 @@ class AuthMiddleware:
                 await self._respond(scope, receive, send, 503, detail, None)
                 return
         principal, credentials = resolved
-        guard = self.tenant_guard
-        if guard.active and (guard.checks_headers or path.startswith(guard.path_prefix)):
-            violation = guard.violation(scope, principal)
+        if self._guard_active and (self._guard_headers or path.startswith(self._guard_prefix)):
+            violation = self.tenant_guard.violation(scope, principal)
             if violation is not None:
                 await self._respond(scope, receive, send, 403, violation, None)
                 return
-        # What set_principal(principal, scope) records in the scope, without its two calls.
+        # What set_principal(principal, scope) records in the scope, without its call.
         scope["auth"] = credentials
         scope["user"] = principal
-        state = scope.get(SCOPE_KEY)
-        if state is None:
-            scope[SCOPE_KEY] = {"principal": principal}
-        else:
-            state["principal"] = principal
-        reset = set_principal(principal)
+        reset = self._bind(principal)
         try:
             await self.app(scope, receive, send)
         finally:
-            reset_principal(reset)
+            self._unbind(reset)
 
     async def _reject(
         self, scope: Scope, receive: Receive, send: Send, description: str | None

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol, TypeVar
 from urllib.parse import quote
 
+from freightscale.auth.cache import Generation
 from freightscale.auth.events import Event, EventBus
 from freightscale.exceptions import StoreError, StoreUnavailableError
 from freightscale.stores.base import Store
@@ -72,6 +73,8 @@ class PermissionCache:
         loader_timeout: seconds the app's loader may take; a loader that fails or
             is slower raises ``StoreUnavailableError`` (the middleware answers 503).
         clock: monotonic clock, injectable for tests.
+        generation: bumped whenever the local tables change (shared with the
+            verification cache's other inputs by the :class:`Authenticator`).
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class PermissionCache:
         timeout: float = 0.5,
         loader_timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        generation: Generation | None = None,
     ) -> None:
         self.loader = loader
         self.loader_timeout = loader_timeout
@@ -102,12 +106,16 @@ class PermissionCache:
         self._failing = False
         self.loads = 0
         """How many times the loader was called (tests and metrics)."""
-        self.generation = 0
+        self._generation = generation if generation is not None else Generation()
+        bus.subscribe(self.apply)
+        self._bus = bus
+
+    @property
+    def generation(self) -> int:
         """Changes whenever the local tables change (a load, a version bump, a reset):
         while it is unchanged, an answer of :meth:`lookup` stays the answer until
         its deadline, so a caller may keep it instead of asking again."""
-        bus.subscribe(self.apply)
-        self._bus = bus
+        return self._generation.value
 
     def cached(self, tenant_id: str | None, roles: frozenset[str]) -> frozenset[str] | None:
         """The locally cached permissions, or None (no I/O)."""
@@ -208,7 +216,7 @@ class PermissionCache:
     def _remember(
         self, tenant_id: str | None, version: int, roles: frozenset[str], perms: frozenset[str]
     ) -> None:
-        self.generation += 1
+        self._generation.bump()
         deadline = self.clock() + self.ttl
         current = self._versions.get(tenant_id)
         if current is None or current[0] <= version or self.clock() >= current[1]:
@@ -228,7 +236,7 @@ class PermissionCache:
         """Apply one bus event (a version bump or a reset)."""
         kind = event.get("k")
         if kind == "reset":
-            self.generation += 1
+            self._generation.bump()
             self._versions.clear()
             self._sets.clear()
         elif kind == "perm":
@@ -236,7 +244,7 @@ class PermissionCache:
             if (tenant is None or isinstance(tenant, str)) and isinstance(version, int):
                 current = self._versions.get(tenant)
                 if current is None or current[0] < version:
-                    self.generation += 1
+                    self._generation.bump()
                     deadline = self.clock() + self.ttl
                     _bounded_put(self._versions, tenant, (version, deadline), self.max_entries)
 

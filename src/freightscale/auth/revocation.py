@@ -26,6 +26,7 @@ from urllib.parse import quote
 
 from cachetools import TTLCache
 
+from freightscale.auth.cache import Generation
 from freightscale.auth.events import Event, EventBus
 from freightscale.exceptions import StoreError, StoreUnavailableError
 from freightscale.stores.base import Store
@@ -60,6 +61,8 @@ class RevocationList:
             called so the caches drop tokens that could miss a revocation.
         on_reset: called when local knowledge is incomplete (table full, events lost).
         clock: wall clock (compared with ``iat``).
+        generation: bumped on every revocation heard of and every reset, so
+            cached answers are checked against the local tables again.
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class RevocationList:
         max_local: int = 100_000,
         on_reset: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
+        generation: Generation | None = None,
     ) -> None:
         self.store = store
         self.bus = bus
@@ -90,7 +94,8 @@ class RevocationList:
         self._failing = False
         self.active = False
         """False until this instance hears of any revocation: until then no token is
-        revoked locally, and the warm path checks nothing else."""
+        revoked locally."""
+        self.generation = generation if generation is not None else Generation()
         self._sequential = isinstance(store, MemoryStore)
         bus.subscribe(self.apply)
 
@@ -146,6 +151,9 @@ class RevocationList:
                 self._put_max(self._users, (tenant, event["s"]), float(event["c"]))
         elif kind == "tenant" and isinstance(event.get("t"), str) and _num(event.get("c")):
             self._put_max(self._tenants, event["t"], float(event["c"]))
+        else:
+            return
+        self.generation.bump()
 
     def _put(self, table: TTLCache[str, bool], key: str, value: bool) -> None:
         if len(table) >= self._max_local:

@@ -21,7 +21,7 @@ from typing import Any
 
 from starlette.authentication import AuthCredentials
 
-from freightscale.auth.cache import CachedToken, VerificationCache, token_key
+from freightscale.auth.cache import CachedToken, Generation, VerificationCache, token_key
 from freightscale.auth.events import EventBus, MemoryBus, RedisBus
 from freightscale.auth.keys import JWKSKeySource
 from freightscale.auth.rbac import PermissionCache, PermissionLoader
@@ -32,7 +32,7 @@ from freightscale.context import Principal
 from freightscale.settings.auth import AuthSettings
 from freightscale.stores.base import Store
 from freightscale.stores.memory import MemoryStore
-from freightscale.telemetry import get_counter
+from freightscale.telemetry import Tally, get_counter
 
 __all__ = ["Authenticator"]
 
@@ -92,6 +92,9 @@ class Authenticator:
             )
         self.store = store
         self.bus = bus
+        self.generation = Generation()
+        """Bumped by revocations heard of and permission-table changes: a cached
+        answer stamped with an older value is checked again before reuse."""
         self.revocations = RevocationList(
             store.with_namespace("revoked"),
             bus,
@@ -100,6 +103,7 @@ class Authenticator:
             fail_mode=settings.revocation_fail_mode,
             timeout=settings.redis_timeout,
             on_reset=self.cache.clear,
+            generation=self.generation,
         )
         self.permissions: PermissionCache | None = None
         if permission_loader is not None:
@@ -111,11 +115,20 @@ class Authenticator:
                 max_entries=settings.permission_max_entries,
                 timeout=settings.redis_timeout,
                 loader_timeout=settings.permission_loader_timeout,
+                generation=self.generation,
             )
         self._started = False
         self._start_lock = asyncio.Lock()
-        self._token_cache = get_counter("freightscale.auth.token_cache")
-        self._permission_cache = get_counter("freightscale.auth.permission_cache")
+        self._peek = self.cache.peek
+        token_cache = get_counter("freightscale.auth.token_cache")
+        self._token_hits = token_cache.series(_HIT)
+        self._token_misses = token_cache.series(_MISS)
+        # Without RBAC there are no permission lookups to count: a tally nobody reports.
+        self._permission_hits = (
+            get_counter("freightscale.auth.permission_cache").series(_HIT)
+            if self.permissions is not None
+            else Tally({})
+        )
         self._claims = (
             settings.subject_claim,
             settings.tenant_claim,
@@ -139,38 +152,39 @@ class Authenticator:
         """The warm path: the principal and credentials of an already verified token.
 
         ``key`` is ``token_key(token)``, the token's bytes. No I/O and no
-        hashing beyond the dict lookup: the answer is the one the last
-        :meth:`authenticate` call for the token built, reused while the token's
-        cache entry lives, no revocation this instance has heard of covers it,
-        and the permission cache has not changed since (nor passed the
-        permissions' deadline). None means "call :meth:`authenticate`", which
-        also gives the reason a token is refused.
+        hashing beyond the dict lookup: the answer the last :meth:`authenticate`
+        call for the token built is returned as it is while it is stamped with
+        the current :attr:`generation` and its deadline (the token's cache
+        expiry, the permissions' TTL) is ahead. After a revocation or a
+        permission change the entry is checked again against the local tables
+        (still no I/O) and restamped. None means "call :meth:`authenticate`",
+        which also gives the reason a token is refused.
         """
-        if not self._started:
+        entry = self._peek(key)
+        if entry is None:
             return None
-        cache = self.cache
-        entry = cache.peek(key)
-        if entry is None or entry.expires_at <= cache.clock():
-            return None  # authenticate() drops an expired entry
-        resolved = entry.resolved
-        if resolved is None:
+        if entry.generation == self.generation.value and entry.until > self.cache.clock():
+            self._token_hits.value += 1
+            self._permission_hits.value += 1
+            return entry.resolved
+        if not self._started or entry.expires_at <= self.cache.clock():
+            return None  # authenticate() starts the listener / drops the expired entry
+        principal = entry.principal
+        if self.revocations.revoked_locally(
+            entry.jti, principal.user_id, principal.tenant_id, entry.iat
+        ):
             return None
-        revocations = self.revocations
-        if revocations.active:
-            principal = entry.principal
-            if revocations.revoked_locally(
-                entry.jti, principal.user_id, principal.tenant_id, entry.iat
-            ):
-                return None
+        generation = self.generation.value
         permissions = self.permissions
-        if permissions is not None:
-            if (
-                entry.generation != permissions.generation
-                or permissions.clock() >= entry.permissions_until
-            ):
-                return None
-            self._permission_cache.add(1, _HIT)
-        self._token_cache.add(1, _HIT)
+        if permissions is None:
+            resolved = self._stamp(entry, None, generation, entry.expires_at)
+        else:
+            found = permissions.lookup(principal.tenant_id, principal.roles)
+            if found is None:
+                return None  # a load (I/O) is due
+            self._permission_hits.value += 1
+            resolved = self._stamp(entry, found[0], generation, self._until(entry, found[1]))
+        self._token_hits.value += 1
         return resolved
 
     async def authenticate(
@@ -189,41 +203,51 @@ class Authenticator:
         if key is None:
             key = token_key(token)
         entry = self.cache.get(key)
-        principal: Principal
-        if entry is not None:
-            self._token_cache.add(1, _HIT)
+        if entry is None:
+            entry = await self._verify(key, token)
+        else:
+            self._token_hits.value += 1
             principal = entry.principal
             if self.revocations.revoked_locally(
                 entry.jti, principal.user_id, principal.tenant_id, entry.iat
             ):
                 self.cache.put_negative(key, "the token has been revoked")
                 raise InvalidToken("the token has been revoked")
-        else:
-            entry = await self._verify(key, token)
-            principal = entry.principal
-        perms: frozenset[str] | None = None
-        generation = -1
-        until = float("-inf")
+        generation = self.generation.value
         permissions = self.permissions
-        if permissions is not None:
-            generation = permissions.generation
-            found = permissions.lookup(principal.tenant_id, principal.roles)
-            if found is None:
-                # get() counts the miss when it calls the loader; a store hit counts as a hit.
-                loads_before = permissions.loads
-                perms = await permissions.get(principal.tenant_id, principal.roles)
-                if permissions.loads == loads_before:
-                    self._permission_cache.add(1, _HIT)
-                # What the warm path may reuse: the tables as they are now (no await since).
-                generation = permissions.generation
-                found = permissions.lookup(principal.tenant_id, principal.roles)
-                if found is not None and found[0] is perms:
-                    until = found[1]
-            else:
-                self._permission_cache.add(1, _HIT)
-                perms, until = found
+        if permissions is None:
+            return self._stamp(entry, None, generation, entry.expires_at)
+        principal = entry.principal
+        found = permissions.lookup(principal.tenant_id, principal.roles)
+        if found is not None:
+            self._permission_hits.value += 1
+            return self._stamp(entry, found[0], generation, self._until(entry, found[1]))
+        # get() counts the miss when it calls the loader; a store hit counts as a hit.
+        loads_before = permissions.loads
+        perms = await permissions.get(principal.tenant_id, principal.roles)
+        if permissions.loads == loads_before:
+            self._permission_hits.value += 1
+        # What the warm path may reuse: the tables as they are now (no await since).
+        generation = self.generation.value
+        found = permissions.lookup(principal.tenant_id, principal.roles)
+        if found is not None and found[0] is perms:
+            return self._stamp(entry, perms, generation, self._until(entry, found[1]))
+        return self._stamp(entry, perms, generation, float("-inf"))
+
+    def _until(self, entry: CachedToken, permissions_deadline: float) -> float:
+        """The earlier of the entry's expiry and a permission-clock deadline, on the cache clock."""
+        assert self.permissions is not None
+        remaining = permissions_deadline - self.permissions.clock()
+        return min(entry.expires_at, self.cache.clock() + remaining)
+
+    @staticmethod
+    def _stamp(
+        entry: CachedToken, perms: frozenset[str] | None, generation: int, until: float
+    ) -> tuple[Principal, AuthCredentials]:
+        """Record (and return) the principal with ``perms`` as the entry's reusable answer."""
         resolved = entry.resolved
         if resolved is None or entry.permissions is not perms:
+            principal = entry.principal
             if perms:
                 principal = dataclasses.replace(principal, permissions=perms)
             credentials = AuthCredentials(sorted(principal.scopes | principal.permissions))
@@ -231,15 +255,15 @@ class Authenticator:
         entry.permissions = perms
         entry.resolved = resolved
         entry.generation = generation
-        entry.permissions_until = until
+        entry.until = until
         return resolved
 
     async def _verify(self, key: bytes, token: str) -> CachedToken:
         failure = self.cache.get_negative(key)
         if failure is not None:
-            self._token_cache.add(1, _HIT)
+            self._token_hits.value += 1
             raise InvalidToken(failure)
-        self._token_cache.add(1, _MISS)
+        self._token_misses.value += 1
         try:
             claims = await self.verifier.verify(token)
         except InvalidToken as exc:
@@ -279,3 +303,4 @@ class Authenticator:
         await self.bus.aclose()
         await self.verifier.aclose()
         self._started = False
+        self.generation.bump()  # no listener now: nothing may be answered unchecked

@@ -49,7 +49,10 @@ _FALLBACK = {"component": "cache", "policy": "bypass"}
 CACHE_FILL_KEY = "cache_fill"
 """``scope["freightscale"]`` flag telling the compression layer this response will be stored."""
 _BYPASS = b"BYPASS"
-_HIT = {"result": "hit"}
+_HITS = _requests.series({"result": "hit"})
+_STALE = _requests.series({"result": "stale"})
+_MISSES = _requests.series({"result": "miss"})
+_BYPASSES = _requests.series({"result": "bypass"})
 
 
 class CacheRequest:
@@ -153,7 +156,7 @@ class CacheRequest:
             # L1 hit with the decoded entry at hand: no I/O, no decoding.
             now = mw.clock()
             if now < hot.fresh_until:
-                _requests.add(1, _HIT)
+                _HITS.value += 1
                 await send_entry(
                     send, hot, b"HIT", now, head=False, if_none_match=self.if_none_match
                 )
@@ -183,10 +186,10 @@ class CacheRequest:
                 result = entry
                 mw.flight.finish(self.key, entry)
                 if now < entry.fresh_until:
-                    _requests.add(1, _HIT)
+                    _HITS.value += 1
                     label = b"HIT"
                 else:
-                    _requests.add(1, {"result": "stale"})
+                    _STALE.value += 1
                     label = b"STALE"
                     mw._refresh_later(self)
                 await send_entry(
@@ -194,13 +197,13 @@ class CacheRequest:
                 )
                 return
             fallback = entry if entry is not None and now < entry.sie_until else None
-            _requests.add(1, {"result": "miss"})
+            _MISSES.value += 1
             result = await self._fill(receive, send, fallback, token)
         finally:
             mw.flight.finish(self.key, result)
 
     async def _bypass(self, receive: Receive, send: Send) -> None:
-        _requests.add(1, {"result": "bypass"})
+        _BYPASSES.value += 1
         await self.mw.app(self.scope, receive, labelled(send, _BYPASS, self.mw._tag_header))
 
     async def _head(self, receive: Receive, send: Send) -> None:

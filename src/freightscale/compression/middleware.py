@@ -25,7 +25,7 @@ response it is about to compute will be stored: the cached levels apply."""
 _UNCOMPRESSIBLE_STATUS = frozenset({204, 206, 304})
 _responses = get_counter("freightscale.compression.responses")  # encoding
 _bytes = get_counter("freightscale.compression.bytes")  # encoding, direction
-_IDENTITY_LABELS = {"encoding": IDENTITY}
+_IDENTITY = _responses.series({"encoding": IDENTITY})
 # Response header names read when the body starts (names are lowercase in ASGI).
 _WATCHED = frozenset(
     {b"content-type", b"content-encoding", b"content-range", b"cache-control", b"content-length"}
@@ -116,16 +116,16 @@ class CompressionMiddleware:
 
 
 class _Labels:
-    """Metric attributes of one coding (the API copies them; never mutated)."""
+    """The header value and the metric series of one coding."""
 
     __slots__ = ("bytes_in", "bytes_out", "name", "raw", "response")
 
     def __init__(self, encoding: str) -> None:
         self.name = encoding
         self.raw = encoding.encode("latin-1")
-        self.response = {"encoding": encoding}
-        self.bytes_in = {"encoding": encoding, "direction": "in"}
-        self.bytes_out = {"encoding": encoding, "direction": "out"}
+        self.response = _responses.series({"encoding": encoding})
+        self.bytes_in = _bytes.series({"encoding": encoding, "direction": "in"})
+        self.bytes_out = _bytes.series({"encoding": encoding, "direction": "out"})
 
 
 class _Responder:
@@ -184,9 +184,9 @@ class _Responder:
                 await self._pass(start, message, vary=True)
                 return
             data = compress(self.encoding, body, self._level())
-            _responses.add(1, labels.response)
-            _bytes.add(len(body), labels.bytes_in)
-            _bytes.add(len(data), labels.bytes_out)
+            labels.response.value += 1
+            labels.bytes_in.value += len(body)
+            labels.bytes_out.value += len(data)
             length = str(len(data)).encode("latin-1")
             start["headers"] = _encoded_headers(start["headers"], labels.raw, length)
             await self.send_(start)
@@ -197,7 +197,7 @@ class _Responder:
             await self._pass(start, message, vary=True)
             return
         self.encoder = new_encoder(self.encoding, self._level())
-        _responses.add(1, labels.response)
+        labels.response.value += 1
         start["headers"] = _encoded_headers(start["headers"], labels.raw, None)
         await self.send_(start)
         await self._stream(message)
@@ -209,7 +209,7 @@ class _Responder:
     async def _pass(self, start: Message, message: Message, *, vary: bool) -> None:
         self.passthrough = True
         if vary:
-            _responses.add(1, _IDENTITY_LABELS)
+            _IDENTITY.value += 1
             start["headers"] = _with_vary(start["headers"])
         await self.send_(start)
         await self.send_(message)
@@ -225,8 +225,8 @@ class _Responder:
         if not more:
             data += self.encoder.finish()
         labels = self.mw._labels[self.encoding]
-        _bytes.add(len(body), labels.bytes_in)
-        _bytes.add(len(data), labels.bytes_out)
+        labels.bytes_in.value += len(body)
+        labels.bytes_out.value += len(data)
         if data or not more:
             await self.send_({"type": "http.response.body", "body": data, "more_body": more})
 

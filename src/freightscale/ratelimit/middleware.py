@@ -94,9 +94,10 @@ class _Route:
         self._by_ip = rule.key == "ip"
         self._client_ip = middleware._client_ip
         self._api_key_header = middleware._api_key_header
-        self.allowed = {"rule": rule.name, "outcome": "allowed"}
-        self.limited = {"rule": rule.name, "outcome": "limited"}
-        self.shadow_limited = {"rule": rule.name, "outcome": "shadow_limited"}
+        # The decision counters' series of this rule: counting is an integer addition.
+        self.allowed = _decisions.series({"rule": rule.name, "outcome": "allowed"})
+        self.limited = _decisions.series({"rule": rule.name, "outcome": "limited"})
+        self.shadow_limited = _decisions.series({"rule": rule.name, "outcome": "shadow_limited"})
         self.single = None
         if len(rule.limits) == 1 and tuple(middleware._styles) == ("draft",):
             item = rule.limits[0]
@@ -276,12 +277,12 @@ class RateLimitMiddleware:
             allowed = all(s.allowed for s in states)
             headers = render_headers(rule.name, states, self._styles, now)
         if allowed:
-            _decisions.add(1, route.allowed)
+            route.allowed.value += 1
         elif rule.shadow:
-            _decisions.add(1, route.shadow_limited)
+            route.shadow_limited.value += 1
             self._log_shadow(rule, now)
         else:
-            _decisions.add(1, route.limited)
+            route.limited.value += 1
             seconds = retry_after(states, now)
             refused = next(s for s in states if not s.allowed)
             response = problem_response(

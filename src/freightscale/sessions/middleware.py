@@ -55,7 +55,7 @@ _loads = get_counter("freightscale.sessions.loads")  # result: hit, miss, invali
 _saves = get_counter("freightscale.sessions.saves")  # result: saved, deleted, conflict, error
 _outages = get_counter("freightscale.backend.outages")  # service, component
 _fallbacks = get_counter("freightscale.backend.fallbacks")  # component, policy
-_HIT, _MISS = {"result": "hit"}, {"result": "miss"}  # (built once: every read counts one)
+_HITS, _MISSES = _loads.series({"result": "hit"}), _loads.series({"result": "miss"})
 
 LEGACY_PREFIX = "legacy:"
 """Imported legacy sessions live under ``legacy:<sid>``; freightscale ids never contain ``:``."""
@@ -268,10 +268,10 @@ class _Responder:
                 mw.recovered()
         if record is None or record.data is None or record.expires_at <= mw.clock():
             if not corrupt:
-                _loads.add(1, _MISS)
+                _MISSES.value += 1
             self.unknown = True
             return
-        _loads.add(1, _HIT)
+        _HITS.value += 1
         session._populate(record.data, record.version, record.expires_at, key)
         self.migrate = self.sid is None
 

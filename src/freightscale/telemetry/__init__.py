@@ -13,12 +13,15 @@ from __future__ import annotations
 from freightscale.telemetry.instruments import (
     INSTRUMENTATION_NAME,
     METRICS,
+    Counter,
     MetricSpec,
+    Tally,
     get_counter,
     get_histogram,
     get_meter,
     get_tracer,
     get_up_down_counter,
+    publish_counters,
 )
 from freightscale.telemetry.middleware import (
     RequestIdLogFilter,
@@ -32,9 +35,11 @@ RequestIdMiddleware = TelemetryMiddleware
 __all__ = [
     "INSTRUMENTATION_NAME",
     "METRICS",
+    "Counter",
     "MetricSpec",
     "RequestIdLogFilter",
     "RequestIdMiddleware",
+    "Tally",
     "TelemetryMiddleware",
     "generate_request_id",
     "get_counter",
@@ -42,4 +47,5 @@ __all__ = [
     "get_meter",
     "get_tracer",
     "get_up_down_counter",
+    "publish_counters",
 ]

@@ -28,6 +28,7 @@ import anyio.to_thread
 
 from freightscale.errors import problem_response
 from freightscale.exceptions import MissingDependencyError
+from freightscale.telemetry.instruments import publish_counters
 from freightscale.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -129,8 +130,10 @@ def install_prometheus(
     SDK provider's readers are fixed when it is built. So:
 
     * ``meter_provider`` given: it is the application's own provider; it is
-      returned unchanged and nothing is installed. It must already carry a
-      reader from :func:`prometheus_reader` for the same ``registry`` that
+      returned as it is and nothing is installed (freightscale's counters are
+      published to it with :func:`~freightscale.telemetry.publish_counters`
+      when it is not the global provider). It must already carry a reader from
+      :func:`prometheus_reader` for the same ``registry`` that
       :class:`MetricsApp` serves.
     * no ``meter_provider``, and the global provider is already an SDK
       provider (the application, or an auto-instrumentation agent, set one
@@ -156,6 +159,11 @@ def install_prometheus(
         MissingDependencyError: the ``otel`` extra is not installed.
     """
     if meter_provider is not None:
+        from opentelemetry import metrics
+
+        if meter_provider is not metrics.get_meter_provider():
+            # Not the global one: freightscale's counters must be published to it.
+            publish_counters(meter_provider)
         return meter_provider
     feature = "the Prometheus metrics endpoint"
     try:
