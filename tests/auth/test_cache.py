@@ -132,3 +132,44 @@ async def test_warm_path_honours_a_local_revocation() -> None:
     await auth.revocations.revoke_token("j-1")
     assert_401(await get(app, bearer(token)), "revoked")
     assert (await get(app, bearer(other))).status_code == 200
+
+
+async def test_a_revocation_rechecks_cached_tokens_locally_and_keeps_the_rest_warm() -> None:
+    auth = Authenticator(hs_settings(), permission_loader=Loader())
+    calls = counting(auth)
+    app = AuthMiddleware(make_app(), authenticator=auth)
+    alice, bob = hs_token(sub="alice"), hs_token(sub="bob")
+    for token in (alice, bob):
+        assert (await get(app, bearer(token))).status_code == 200
+    assert calls.calls == 2
+    # Warm: the same answer object, stamped with the current generation.
+    first = auth.cached(alice.encode())
+    assert first is not None
+    assert auth.cached(alice.encode()) is first
+    generation = auth.generation.value
+    await auth.revocations.revoke_user("bob", "acme")
+    assert auth.generation.value > generation  # every cached answer is checked again
+    assert auth.cached(bob.encode()) is None  # revoked: the middleware will say why
+    assert auth.cached(alice.encode()) is first  # checked locally, restamped, same answer
+    assert_401(await get(app, bearer(bob)), "revoked")
+    assert (await get(app, bearer(alice))).status_code == 200
+    assert calls.calls == 2  # neither request verified a signature again
+
+
+async def test_a_permission_bump_restamps_with_the_new_permissions() -> None:
+    table = {"clerk": ["shipments:read"]}
+    auth = Authenticator(hs_settings(), permission_loader=Loader(table))
+    app = AuthMiddleware(make_app(), authenticator=auth)
+    token = hs_token(roles=["clerk"])
+    assert (await get(app, bearer(token))).status_code == 200
+    before = auth.cached(token.encode())
+    assert before is not None
+    assert before[0].permissions == {"shipments:read"}
+    assert auth.permissions is not None
+    table["clerk"] = ["shipments:read", "shipments:write"]
+    await auth.permissions.bump("acme")
+    assert auth.cached(token.encode()) is None  # the tenant's permissions must be loaded
+    assert (await get(app, bearer(token))).status_code == 200
+    after = auth.cached(token.encode())
+    assert after is not None
+    assert after[0].permissions == {"shipments:read", "shipments:write"}
