@@ -20,26 +20,24 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import pkgutil
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LUA = ROOT / "bench" / "report.lua"
 SERVERS = ("uvicorn-uvloop", "uvicorn-asyncio", "granian")
 
 sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 
 from bench.net import free_port  # noqa: E402
+from bench.wrk import SERVER_CORE, WRK_CORE, Wrk, WrkResult, pin_server, require_wrk  # noqa: E402
 
 
 @dataclass
@@ -49,7 +47,7 @@ class Variant:
     name: str
     target: str  # module:attribute
     path: str
-    results: list[dict[str, float]] = field(default_factory=list)
+    results: list[WrkResult] = field(default_factory=list)
 
 
 def discover() -> dict[str, Variant]:
@@ -72,13 +70,6 @@ def default_variants() -> list[str]:
     return list(core.DEFAULT)
 
 
-def pinned(core: int, command: list[str]) -> list[str]:
-    """Prefix ``command`` with taskset when it is available and there are two cores."""
-    if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
-        return ["taskset", "-c", str(core), *command]
-    return command
-
-
 def server_command(server: str, target: str, port: int) -> list[str]:
     """The command that serves ``target`` on ``port`` with one worker and no access log."""
     if server.startswith("uvicorn"):
@@ -98,18 +89,7 @@ def server_command(server: str, target: str, port: int) -> list[str]:
         ]  # fmt: skip
     else:
         raise SystemExit(f"unknown server {server!r}; choose one of {', '.join(SERVERS)}")
-    return pinned(0, command)
-
-
-def wrk_command(url: str, *, connections: int, duration: float, threads: int) -> list[str]:
-    """The wrk command that loads ``url``."""
-    return pinned(
-        1,
-        [
-            "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s",
-            "--timeout", "5s", "-s", str(LUA), url,
-        ],
-    )  # fmt: skip
+    return pin_server(command)
 
 
 def wait_until_up(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -124,16 +104,6 @@ def wait_until_up(url: str, process: subprocess.Popen[bytes], timeout: float = 3
         except OSError:
             time.sleep(0.1)
     raise SystemExit(f"server for {url} did not answer within {timeout}s")
-
-
-def run_wrk(command: list[str]) -> dict[str, float]:
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    for line in output.splitlines():
-        if line.startswith("BENCH_RESULT "):
-            data: dict[str, float] = json.loads(line.removeprefix("BENCH_RESULT "))
-            data["rps"] = data["requests"] / (data["duration_us"] / 1e6)
-            return data
-    raise SystemExit(f"wrk printed no result:\n{output}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in available]
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; see --list")
-    if not shutil.which("wrk"):
-        raise SystemExit("wrk is not installed: apt-get install -y wrk")
+    require_wrk()
     variants = [available[n] for n in names]
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("FREIGHTSCALE_")}
@@ -168,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     print("# freightscale bench")
     print("command:", shlex.join([Path(sys.executable).name, *sys.argv]))
     print(
-        f"server: {args.server} (1 worker, core 0) | wrk: {args.connections} connections, "
-        f"{args.threads} thread(s), core 1 | {args.duration:g}s x {args.rounds} rounds, "
-        f"interleaved | cpus: {os.cpu_count()}"
+        f"server: {args.server} (1 worker, core {SERVER_CORE}) | wrk: {args.connections} "
+        f"connections, {args.threads} thread(s), core {WRK_CORE} | {args.duration:g}s x "
+        f"{args.rounds} rounds, interleaved | cpus: {os.cpu_count()}"
     )
     processes: list[subprocess.Popen[bytes]] = []
     urls: dict[str, str] = {}
@@ -184,42 +153,25 @@ def main(argv: list[str] | None = None) -> int:
             processes.append(process)
             urls[variant.name] = f"http://127.0.0.1:{port}{variant.path}"
             wait_until_up(urls[variant.name], process)
-        print(
-            "wrk command:",
-            shlex.join(
-                wrk_command(
-                    urls[variants[0].name],
-                    connections=args.connections,
-                    duration=args.duration,
-                    threads=args.threads,
-                )
-            ),
+        load = Wrk(
+            urls[variants[0].name],
+            connections=args.connections,
+            duration=args.duration,
+            threads=args.threads,
+            timeout=5,
         )
+        print("wrk command:", shlex.join(load.command()))
         if args.warmup > 0:
             for variant in variants:
-                run_wrk(
-                    wrk_command(
-                        urls[variant.name],
-                        connections=args.connections,
-                        duration=args.warmup,
-                        threads=args.threads,
-                    )
-                )
+                replace(load, url=urls[variant.name], duration=args.warmup).run()
         for round_number in range(1, args.rounds + 1):
             for variant in variants:
-                result = run_wrk(
-                    wrk_command(
-                        urls[variant.name],
-                        connections=args.connections,
-                        duration=args.duration,
-                        threads=args.threads,
-                    )
-                )
+                result = replace(load, url=urls[variant.name]).run()
                 variant.results.append(result)
                 print(
-                    f"round {round_number} {variant.name:22} {result['rps']:10.0f} req/s "
-                    f"p50 {result['p50_us'] / 1000:7.2f} ms  p99 {result['p99_us'] / 1000:7.2f} ms"
-                    f"  errors {int(result['errors'])}"
+                    f"round {round_number} {variant.name:22} {result.rps:10.0f} req/s "
+                    f"p50 {result.latency_us[50] / 1000:7.2f} ms  "
+                    f"p99 {result.latency_us[99] / 1000:7.2f} ms  errors {result.errors}"
                 )
     finally:
         for process in processes:
@@ -230,20 +182,27 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 process.kill()
 
-    def median(variant: Variant, key: str) -> float:
-        return statistics.median(r[key] for r in variant.results)
-
     base = variants[0]
     print()
     print(f"median of {args.rounds} round(s); ratios vs {base.name!r} (same run, same server)")
     print(f"{'variant':22} {'req/s':>10} {'ratio':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99 ratio':>9}")
     for variant in variants:
-        rps, p50, p99 = median(variant, "rps"), median(variant, "p50_us"), median(variant, "p99_us")
+        rps, p50, p99 = _rps(variant), _percentile(variant, 50), _percentile(variant, 99)
         print(
-            f"{variant.name:22} {rps:10.0f} {rps / median(base, 'rps'):7.3f} "
-            f"{p50 / 1000:8.2f} {p99 / 1000:8.2f} {p99 / median(base, 'p99_us'):9.3f}"
+            f"{variant.name:22} {rps:10.0f} {rps / _rps(base):7.3f} "
+            f"{p50 / 1000:8.2f} {p99 / 1000:8.2f} {p99 / _percentile(base, 99):9.3f}"
         )
     return 0
+
+
+def _rps(variant: Variant) -> float:
+    """Median requests/s over the rounds."""
+    return statistics.median(r.rps for r in variant.results)
+
+
+def _percentile(variant: Variant, percentile: int) -> float:
+    """Median latency percentile (µs) over the rounds."""
+    return statistics.median(r.latency_us[percentile] for r in variant.results)
 
 
 if __name__ == "__main__":
