@@ -23,12 +23,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
-import shutil
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +40,9 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 from bench.auth_app import SECRET, build  # noqa: E402
 from bench.net import free_port, wait_port  # noqa: E402
+from bench.wrk import SERVER_CORE, WRK_CORE, Wrk, can_pin, cpu_seconds, pinned, require_wrk  # noqa: E402
 
 VARIANTS = ["none", "hs256-verify", "hs256-cached", "rs256-verify", "rs256-cached"]
-
-PIN: tuple[int, int] | None = None
-"""(wrk's core, the servers' core) with --pin: the scheduler no longer moves
-either, so rounds differ less (on two cores the pair would otherwise share)."""
 
 
 def make_key() -> tuple[Any, str]:
@@ -68,64 +64,50 @@ def token_for(variant: str, key: Any) -> str:
     return jwt.encode(claims, SECRET, algorithm="HS256")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def wrk_load(port: int, token: str | None, args: argparse.Namespace) -> Wrk:
+    """The wrk run against one variant's server, with its bearer token (if any)."""
+    return Wrk(
+        f"http://127.0.0.1:{port}/json", connections=args.connections, duration=args.duration,
+        headers={"Authorization": f"Bearer {token}"} if token else {},
+        core=WRK_CORE if args.pin else None,
+    )  # fmt: skip
 
 
-def run_wrk(
-    port: int, token: str | None, duration: float, connections: int, pid: int | None = None
-) -> tuple[float, float]:
-    """Run wrk; return (requests/s of wall time, requests per CPU-second of the server)."""
-    args = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s"]
-    if PIN is not None:  # the load generator on its own core, away from the server's
-        args[:0] = ["taskset", "-c", str(PIN[0])]
-    if token:
-        args += ["-H", f"Authorization: Bearer {token}"]
-    args.append(f"http://127.0.0.1:{port}/json")
-    cpu_before = cpu_seconds(pid) if pid else 0.0
-    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
-    cpu = cpu_seconds(pid) - cpu_before if pid else 0.0
-    if "Non-2xx" in out:
-        raise RuntimeError(f"wrk saw errors:\n{out}")
-    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    total = re.search(r"(\d+) requests in", out)
-    if match is None or total is None:
-        raise RuntimeError(out)
-    per_cpu = int(total.group(1)) / cpu if cpu > 0 else 0.0
-    return float(match.group(1)), per_cpu
+def measure(load: Wrk, pid: int) -> tuple[float, float]:
+    """Run ``load``; return (requests/s of wall time, requests per CPU-second of ``pid``)."""
+    cpu_before = cpu_seconds(pid)
+    result = load.run().check(socket_errors=False)
+    cpu = cpu_seconds(pid) - cpu_before
+    return result.rps, result.requests / cpu if cpu > 0 else 0.0
 
 
 def with_servers(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is not installed (apt-get install wrk); or use --inprocess")
+    require_wrk()
     key, pem = make_key()
     servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     env = dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}{os.pathsep}{ROOT}", FS_BENCH_KEY=pem)
     try:
         for variant in VARIANTS:
             port = free_port()
+            command = [sys.executable, "-m", "uvicorn", "bench.auth_app:app", "--port", str(port),
+                       "--log-level", "warning", "--no-access-log", "--loop", "uvloop",
+                       "--http", "httptools"]  # fmt: skip
             proc = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "bench.auth_app:app", "--port", str(port),
-                 "--log-level", "warning", "--no-access-log", "--loop", "uvloop",
-                 "--http", "httptools"],
+                pinned(SERVER_CORE if args.pin else None, command),
                 cwd=ROOT, env=dict(env, FS_BENCH_VARIANT=variant),
             )  # fmt: skip
-            if PIN is not None:
-                os.sched_setaffinity(proc.pid, {PIN[1]})
             servers[variant] = (proc, port)
         for _, port in servers.values():
             wait_port(port, timeout=120)
         tokens = {v: token_for(v, key) if v != "none" else None for v in VARIANTS}
-        for variant, (_, port) in servers.items():  # warm up (and warm the caches)
-            run_wrk(port, tokens[variant], 1, 4)
+        loads = {v: wrk_load(port, tokens[v], args) for v, (_, port) in servers.items()}
+        for load in loads.values():  # warm up (and warm the caches)
+            replace(load, duration=1, connections=4).run().check(socket_errors=False)
         results: dict[str, list[float]] = {v: [] for v in VARIANTS}
         per_cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
         for round_no in range(args.rounds):
             for variant in VARIANTS:
-                proc, port = servers[variant]
-                rps, rpc = run_wrk(port, tokens[variant], args.duration, args.connections, proc.pid)
+                rps, rpc = measure(loads[variant], servers[variant][0].pid)
                 results[variant].append(rps)
                 per_cpu[variant].append(rpc)
             print(f"round {round_no + 1}: " + "  ".join(
@@ -198,12 +180,10 @@ def main() -> None:
         help="pin wrk and the servers to two different cores (default on, with >= 2 cores)",
     )  # fmt: skip
     args = parser.parse_args()
-    global PIN
-    cores = sorted(os.sched_getaffinity(0))
-    if args.pin and len(cores) >= 2 and shutil.which("taskset"):
-        PIN = (cores[0], cores[1])
+    args.pin = args.pin and can_pin()
+    pin = (WRK_CORE, SERVER_CORE) if args.pin else None
     print("command: python " + " ".join(sys.argv))
-    print(f"cpus: {os.cpu_count()}  load average: {os.getloadavg()}  pinned (wrk, servers): {PIN}")
+    print(f"cpus: {os.cpu_count()}  load average: {os.getloadavg()}  pinned (wrk, servers): {pin}")
     if args.inprocess:
         report("requests per CPU-second, in process", in_process(args))
         return
