@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 import urllib.request
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +34,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "bench"), str(ROOT)]
 from cache_compression_apps import PATH, VARIANTS  # noqa: E402
 
 from bench.net import free_port  # noqa: E402
+from bench.wrk import Wrk, pin_server, require_wrk  # noqa: E402
 
 
 def wait_ready(url: str, accept: str, timeout: float = 180) -> None:
@@ -50,21 +50,12 @@ def wait_ready(url: str, accept: str, timeout: float = 180) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
-def pin(core: int) -> list[str]:
-    return ["taskset", "-c", str(core)] if shutil.which("taskset") else []
-
-
-def wrk(url: str, accept: str, args: argparse.Namespace) -> float:
-    cmd = [*pin(1), "wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--latency"]
-    if accept:
-        cmd += ["-H", f"Accept-Encoding: {accept}"]
-    cmd.append(url)
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if m is None or errors is not None:
-        raise RuntimeError(f"wrk failed for {url}:\n{out}")
-    return float(m.group(1))
+def wrk_load(url: str, accept: str, args: argparse.Namespace) -> Wrk:
+    """The wrk run against one variant, sending its Accept-Encoding (if any)."""
+    return Wrk(
+        url, connections=args.connections, duration=args.duration, latency=True,
+        headers={"Accept-Encoding": accept} if accept else {},
+    )  # fmt: skip
 
 
 def main() -> int:
@@ -80,8 +71,7 @@ def main() -> int:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
-    if shutil.which("wrk") is None:
-        parser.error("wrk is not installed: apt-get install -y wrk")
+    require_wrk()
 
     prefix = f"fsbench-{uuid.uuid4().hex[:8]}"
     env = {
@@ -97,19 +87,22 @@ def main() -> int:
             attribute, _ = VARIANTS[name]
             port = free_port()
             procs[name] = subprocess.Popen(
-                [*pin(0), sys.executable, "-m", "uvicorn", f"cache_compression_apps:{attribute}",
-                 "--port", str(port), "--log-level", "warning", "--no-access-log",
-                 "--loop", "uvloop", "--http", "httptools"],
+                pin_server([
+                    sys.executable, "-m", "uvicorn", f"cache_compression_apps:{attribute}",
+                    "--port", str(port), "--log-level", "warning", "--no-access-log",
+                    "--loop", "uvloop", "--http", "httptools",
+                ]),
                 env=env, cwd=ROOT,
             )  # fmt: skip
             urls[name] = f"http://127.0.0.1:{port}{PATH}"
+        loads = {name: wrk_load(urls[name], VARIANTS[name][1], args) for name in names}
         for name in names:
             wait_ready(urls[name], VARIANTS[name][1])
-            wrk_warm = argparse.Namespace(connections=args.connections, duration=1)
-            wrk(urls[name], VARIANTS[name][1], wrk_warm)  # warm-up, also fills the caches
+            # warm-up, also fills the caches
+            replace(loads[name], duration=1).run().check(socket_errors=False)
         for _ in range(args.rounds):
             for name in names:
-                results[name].append(wrk(urls[name], VARIANTS[name][1], args))
+                results[name].append(loads[name].run().check(socket_errors=False).rps)
     finally:
         for proc in procs.values():
             proc.terminate()
