@@ -18,32 +18,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shlex
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 
-
-def _pinned(core: int, command: list[str]) -> list[str]:
-    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
-        return ["taskset", "-c", str(core), *command]
-    return command
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from bench.net import free_port  # noqa: E402
+from bench.wrk import SERVER_CORE, WRK_CORE, Wrk, pin_server, require_wrk  # noqa: E402
 
 
 def _wait(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -60,14 +48,6 @@ def _wait(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> No
     raise SystemExit(f"server for {url} did not answer within {timeout}s")
 
 
-def _wrk(url: str, args: argparse.Namespace, duration: float) -> tuple[float, int]:
-    command = _pinned(1, ["wrk", "-t1", f"-c{args.connections}", f"-d{duration:g}s", url])
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    return rps, int(non2xx.group(1)) if non2xx else 0
-
-
 def main() -> int:
     from bench.apps import ratelimit as apps
 
@@ -82,22 +62,24 @@ def main() -> int:
     unknown = [n for n in names if n not in apps.VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; known: {sorted(apps.VARIANTS)}")
+    require_wrk()
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("FREIGHTSCALE_")}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
     print("# freightscale rate-limit bench")
     print("command:", shlex.join(["python", "bench/ratelimit.py", *sys.argv[1:]]))
     print(
-        f"uvicorn 1 worker core 0 | wrk 1 thread core 1, {args.connections} connections | "
-        f"{args.duration:g}s x {args.rounds} rounds interleaved | rule: {apps.LIMIT} "
+        f"uvicorn 1 worker core {SERVER_CORE} | wrk 1 thread core {WRK_CORE}, "
+        f"{args.connections} connections | {args.duration:g}s x {args.rounds} rounds "
+        f"interleaved | rule: {apps.LIMIT} "
         f"fixed-window by IP (never triggers) | load avg: {os.getloadavg()[0]:.1f}"
     )
     procs: list[subprocess.Popen[bytes]] = []
     urls: dict[str, str] = {}
     try:
         for name in names:
-            port = _free_port()
-            command = _pinned(0, [
+            port = free_port()
+            command = pin_server([
                 sys.executable, "-m", "uvicorn", f"bench.apps.ratelimit:{apps.VARIANTS[name]}",
                 "--port", str(port), "--log-level", "warning", "--no-access-log",
                 "--lifespan", "off",
@@ -107,19 +89,18 @@ def main() -> int:
             procs.append(subprocess.Popen(command, cwd=ROOT, env=env))
             urls[name] = f"http://127.0.0.1:{port}{apps.PATH}"
             _wait(urls[name], procs[-1])
-        print("wrk command:", shlex.join(_pinned(1, [
-            "wrk", "-t1", f"-c{args.connections}", f"-d{args.duration:g}s", urls[names[0]]
-        ])))  # fmt: skip
-        for name in names:
-            _wrk(urls[name], args, args.warmup)
+        load = Wrk(urls[names[0]], connections=args.connections, duration=args.duration)
+        print("wrk command:", shlex.join(load.command()))
+        for name in names if args.warmup > 0 else ():
+            replace(load, url=urls[name], duration=args.warmup).run()
         results: dict[str, list[float]] = {n: [] for n in names}
         errors: dict[str, int] = dict.fromkeys(names, 0)
         for r in range(args.rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
-                rps, bad = _wrk(urls[name], args, args.duration)
-                results[name].append(rps)
-                errors[name] += bad
+                result = replace(load, url=urls[name]).run()
+                results[name].append(result.rps)
+                errors[name] += result.non_2xx
     finally:
         for p in procs:
             p.terminate()
