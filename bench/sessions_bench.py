@@ -6,7 +6,8 @@ redis-py GET per request: the floor), ``get-fs`` (the same GET through
 freightscale's bounded, retrying ``create_redis_client``), ``freightscale``
 (SessionMiddleware + Redis, ``await load_session``) and ``starsessions`` (its
 SessionMiddleware + RedisStore, ``await load_session``). Every session request carries a valid
-cookie, so each one reads its session from Redis. wrk drives them in
+cookie, so each one reads its session from Redis. wrk (on core 1, the
+servers on core 0, with taskset and two cores) drives them in
 interleaved rounds (the order rotates each round); each round's requests/s
 is divided by the ``bare`` figure of the *same* round, and the median of
 those ratios is reported.
@@ -27,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shlex
 import statistics
 import subprocess
@@ -35,6 +35,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ VARIANTS = ("bare", "get", "get-fs", "freightscale", "starsessions")
 
 sys.path[:0] = [str(ROOT)]
 from bench.net import free_port, wait_port  # noqa: E402
+from bench.wrk import Wrk, pin_server, require_wrk  # noqa: E402
 
 
 def start(variant: str, redis_url: str, prefix: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -51,7 +53,7 @@ def start(variant: str, redis_url: str, prefix: str) -> tuple[subprocess.Popen[b
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT / "bench")])
     command = [sys.executable, "-m", "uvicorn", "sessions_apps:app", "--port", str(port),
                "--host", "127.0.0.1", "--no-access-log", "--log-level", "warning"]  # fmt: skip
-    process = subprocess.Popen(command, env=env, cwd=ROOT)
+    process = subprocess.Popen(pin_server(command), env=env, cwd=ROOT)
     wait_port(port)
     return process, port
 
@@ -71,18 +73,12 @@ def check(port: int, cookie: str) -> None:
         raise SystemExit(f"port {port}: the session was not read: {body}")
 
 
-def wrk(port: int, cookie: str, duration: float, connections: int) -> float:
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency"]
-    if cookie:
-        command += ["-H", f"Cookie: {cookie}"]
-    command.append(f"http://127.0.0.1:{port}/")
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    if "Non-2xx" in out or "Socket errors" in out:
-        raise SystemExit(f"wrk saw errors:\n{out}")
-    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if match is None:
-        raise SystemExit(f"cannot parse wrk output:\n{out}")
-    return float(match.group(1))
+def wrk_load(port: int, cookie: str, args: argparse.Namespace) -> Wrk:
+    """The wrk run against one variant's server, with its session cookie (if any)."""
+    return Wrk(
+        f"http://127.0.0.1:{port}/", connections=args.connections, duration=args.duration,
+        headers={"Cookie": cookie} if cookie else {}, latency=True,
+    )  # fmt: skip
 
 
 async def _asgi_get(app: Any, path: str, cookie: str) -> list[tuple[bytes, bytes]]:
@@ -170,21 +166,21 @@ def main() -> None:
 
 
 def _wrk_mode(args: argparse.Namespace, prefix: str) -> None:
+    require_wrk()
     servers = {v: start(v, args.redis_url, prefix) for v in VARIANTS}
     rps: dict[str, list[float]] = {v: [] for v in VARIANTS}
     ratios: dict[str, list[float]] = {v: [] for v in VARIANTS}
     try:
         cookies = {v: login(port) for v, (_, port) in servers.items()}
+        loads = {v: wrk_load(port, cookies[v], args) for v, (_, port) in servers.items()}
         for variant, (_, port) in servers.items():
             check(port, cookies[variant])
-            wrk(port, cookies[variant], 1, args.connections)  # warm-up
+            replace(loads[variant], duration=1).run().check()  # warm-up
         for round_ in range(args.rounds):
             order = VARIANTS[round_ % len(VARIANTS) :] + VARIANTS[: round_ % len(VARIANTS)]
             this_round: dict[str, float] = {}
             for variant in order:
-                this_round[variant] = wrk(
-                    servers[variant][1], cookies[variant], args.duration, args.connections
-                )
+                this_round[variant] = loads[variant].run().check().rps
             for variant in VARIANTS:
                 rps[variant].append(this_round[variant])
                 ratios[variant].append(this_round[variant] / this_round["bare"])
