@@ -10,6 +10,9 @@
 -- with one connection per user and a think time per request, every user
 -- sends about one request per think time.
 --
+-- done() prints one BENCH_RESULT line (JSON) that bench/wrk.py reads, with
+-- the responses counted by status.
+--
 -- Mix: ~70 % list/detail reads, 20 % dashboard, 10 % writes, each followed
 -- by a think time drawn uniformly from [0.5, 1.5] x <think-ms>.
 
@@ -120,7 +123,7 @@ function done(summary, latency, requests)
    for status, n in pairs(merged) do parts[#parts + 1] = string.format('"%s":%d', status, n) end
    local e = summary.errors
    io.write(string.format(
-      'WRK_JSON {"requests":%d,"duration_us":%d,"bytes":%d,' ..
+      'BENCH_RESULT {"requests":%d,"duration_us":%d,"bytes":%d,' ..
       '"p50_us":%d,"p90_us":%d,"p95_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%.1f,' ..
       '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
       '"statuses":{%s}}\n',

@@ -21,8 +21,9 @@ shared server's config must not be changed. ``--postgres shared`` uses a
 fresh ``freightops_bench_*`` database on 127.0.0.1:5432 instead (dropped
 afterwards); use it only for small user counts.
 
-The server runs pinned to ``--server-cores`` and wrk to ``--load-cores``
-(``taskset``); PostgreSQL and Redis are not pinned.
+The server runs pinned to ``--server-cores`` (default 0) and wrk to
+``--load-cores`` (default 1), with ``taskset`` when the machine has two cores
+(the convention of ``bench/wrk.py``); PostgreSQL and Redis are not pinned.
 """
 
 from __future__ import annotations
@@ -42,14 +43,12 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 LUA = Path(__file__).resolve().parent / "freightops.lua"
 SECRET = "freightops-bench-secret-" + "0" * 24
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Generous plan limits for the sweep: the test measures serving, not the
 # limiter's 429s (docs/performance.md says so); --plan-limits overrides.
 BENCH_PLAN_LIMITS = (
@@ -63,6 +62,7 @@ NOTES_MARKER = "<!-- notes: kept when bench/load/run.py rewrites this page -->"
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 from bench.net import free_port, wait_port  # noqa: E402
+from bench.wrk import Wrk, cpu_seconds, pinned, require_wrk  # noqa: E402
 
 # --------------------------------------------------------------------------- services
 
@@ -268,7 +268,7 @@ def start_server(
     kind: str, env: dict[str, str], cores: str, workers: int, log: Path
 ) -> ServerProcess:
     port = free_port()
-    command = ["taskset", "-c", cores, *server_command(kind, port, workers)]
+    command = pinned(cores, server_command(kind, port, workers))
     full_env = {
         **{
             k: v
@@ -358,17 +358,6 @@ def rss_bytes(pids: list[int]) -> int:
     return total
 
 
-def cpu_ticks(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime + stime
-    return total
-
-
 @dataclass
 class Sampler:
     """Samples DB connections and RSS every ``interval`` s in a background thread."""
@@ -419,25 +408,16 @@ class Sampler:
 # --------------------------------------------------------------------------- wrk
 
 
-def run_wrk(
+def user_load(
     url: str, users_file: Path, users: int, duration: float, think_ms: int, threads: int,
-    cores: str, timeout: float = 10,
-) -> dict[str, Any]:  # fmt: skip
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not installed: apt-get install wrk")
+    cores: str,
+) -> Wrk:  # fmt: skip
+    """wrk as ``users`` logged-in users (one connection each) with ``freightops.lua``."""
     threads = max(1, min(threads, users))
-    command = [
-        "taskset", "-c", cores, "wrk", "-t", str(threads), "-c", str(users),
-        "-d", f"{max(1, round(duration))}s", "--timeout", f"{timeout:g}s",
-        "-s", str(LUA), url, "--", str(users_file), str(think_ms), str(threads),
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=duration + 120)
-    for line in result.stdout.splitlines():
-        if line.startswith("WRK_JSON "):
-            data: dict[str, Any] = json.loads(line.removeprefix("WRK_JSON "))
-            data["command"] = shlex.join(command)
-            return data
-    raise RuntimeError(f"wrk produced no result:\n{result.stdout}\n{result.stderr}")
+    return Wrk(
+        url, connections=users, duration=duration, threads=threads, timeout=10, script=LUA,
+        script_args=(str(users_file), str(think_ms), str(threads)), core=cores,
+    )  # fmt: skip
 
 
 @dataclass
@@ -489,34 +469,33 @@ def measure(
     # Start every step from an idle server: after an overloaded step the server
     # is still working through requests whose clients have gone.
     wait_idle(server.url)
+    load = user_load(server.url, step_file, users, args.duration, args.think_ms, args.threads,
+                     args.load_cores)  # fmt: skip
     if args.warmup > 0:
-        run_wrk(server.url, step_file, users, args.warmup, args.think_ms, args.threads,
-                args.load_cores)  # fmt: skip
+        replace(load, duration=args.warmup).run()
     sampler = Sampler(server.process.pid, admin_dsn, f"freightops-bench-{profile}")
     tree = process_tree(server.process.pid)
-    ticks0, wall0 = cpu_ticks(tree), time.monotonic()
+    cpu0, wall0 = cpu_seconds(*tree), time.monotonic()
     sampler.start()
     try:
-        data = run_wrk(server.url, step_file, users, args.duration, args.think_ms, args.threads,
-                       args.load_cores)  # fmt: skip
+        result = load.run()
     finally:
         sampler.stop()
     wall = time.monotonic() - wall0
-    cpu = (cpu_ticks(process_tree(server.process.pid)) - ticks0) / CLK_TCK / wall * 100
-    seconds = data["duration_us"] / 1e6
+    cpu = (cpu_seconds(*process_tree(server.process.pid)) - cpu0) / wall * 100
     step = Step(
         profile=profile,
         server=server_kind,
         users=users,
-        duration_s=round(seconds, 1),
-        requests=data["requests"],
-        rps=round(data["requests"] / seconds, 1),
-        p50_ms=data["p50_us"] / 1000,
-        p95_ms=data["p95_us"] / 1000,
-        p99_ms=data["p99_us"] / 1000,
-        max_ms=data["max_us"] / 1000,
-        statuses=data["statuses"],
-        socket_errors={k: v for k, v in data["errors"].items() if k != "status" and v},
+        duration_s=round(result.seconds, 1),
+        requests=result.requests,
+        rps=round(result.rps, 1),
+        p50_ms=result.latency_us[50] / 1000,
+        p95_ms=result.latency_us[95] / 1000,
+        p99_ms=result.latency_us[99] / 1000,
+        max_ms=result.max_latency_us / 1000,
+        statuses=dict(result.statuses),
+        socket_errors=result.socket_errors.nonzero(),
         peak_db_connections=sampler.peak_db,
         peak_rss_mb=round(sampler.peak_rss / 2**20, 1),
         server_cpu_percent=round(cpu, 1),
@@ -714,6 +693,7 @@ def main(argv: list[str] | None = None) -> int:
         saved_args = parse_args(shlex.split(saved["command"])[2:])
         write_report(steps_from_file, saved_args, saved["command"], args.out)
         return 0
+    require_wrk()
     user_steps = [int(u) for u in args.users.split(",") if u]
     profiles = [p for p in args.profiles.split(",") if p]
     postgres = PrivatePostgres() if args.postgres == "private" else SharedPostgresDatabase()

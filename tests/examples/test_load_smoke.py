@@ -7,6 +7,7 @@ server, that every request succeeds, and that the runner parses the result.
 from __future__ import annotations
 
 import importlib.util
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -41,15 +42,16 @@ def test_load_smoke(
     lines = users_file.read_text().splitlines()
     assert len(lines) == 4
     assert all(len(line.split()) == 3 for line in lines)
-    result = run.run_wrk(
+    load = run.user_load(
         all_workers[profile][0].url, users_file, users=4, duration=2, think_ms=50, threads=2,
         cores="0-1",
     )  # fmt: skip
-    assert result["requests"] > 10
-    assert sum(result["statuses"].values()) == result["requests"]
-    assert set(result["statuses"]) <= {"200", "201"}, result["statuses"]
-    assert result["p50_us"] <= result["p95_us"] <= result["p99_us"]
-    assert "wrk -t 2 -c 4" in result["command"]
+    assert "wrk -t2 -c4" in shlex.join(load.command())
+    result = load.run()
+    assert result.requests > 10
+    assert sum(result.statuses.values()) == result.requests
+    assert set(result.statuses) <= {"200", "201"}, result.statuses
+    assert result.latency_us[50] <= result.latency_us[95] <= result.latency_us[99]
 
 
 def test_report_renders_table_and_target(tmp_path: Path) -> None:
