@@ -257,8 +257,8 @@ def create_app(
     stack = build_stack(
         inner,
         stack_settings,
-        permission_loader=permission_loader(lambda: svc.read_engine),
-        ratelimit_plan_loader=plan_loader(lambda: svc.read_engine, config.plan_limits),
+        permission_loader=permission_loader(svc.choose_read_engine),
+        ratelimit_plan_loader=plan_loader(svc.choose_read_engine, config.plan_limits),
     )
     svc.auth = stack.layers["auth"].authenticator
     svc.issuer = TokenIssuer(stack_settings.auth)
@@ -267,5 +267,5 @@ def create_app(
     if database is not None:
         # FREIGHTSCALE_DATABASE__ENABLED: the stack owns the engines (and checks
         # them in /readyz); use its pools rather than opening a second set.
-        svc.adopt_engines(database.engines)
+        svc.adopt_database(database)
     return stack

@@ -21,7 +21,8 @@ from examples.freightops.naive import FileSessionStore
 from examples.freightops.standins import SessionBackend
 from freightscale.auth import Authenticator, TokenIssuer
 from freightscale.caching import CacheBackend
-from freightscale.db import Engines, create_engines
+from freightscale.db import Database, create_engines
+from freightscale.db.replicas import ReplicaSet
 from freightscale.settings import FreightScaleSettings
 from freightscale.stores import MemoryStore, Store
 
@@ -49,7 +50,10 @@ class Services:
     """freightscale's authenticator (revocations, RBAC cache); None in the naive profile."""
     issuer: TokenIssuer | None = None
     """Signs access tokens at login; None in the naive profile."""
+    replicas: ReplicaSet | None = None
+    """The stack's health-checked replicas (reads rotate over the healthy ones)."""
     extras: dict[str, Any] = field(default_factory=dict)
+    _autocommit: dict[AsyncEngine, AsyncEngine] = field(default_factory=dict, repr=False)
 
     @property
     def is_sqlite(self) -> bool:
@@ -57,8 +61,20 @@ class Services:
         return self.engine.dialect.name == "sqlite"
 
     def reader(self) -> AsyncConnection:
-        """A connection for reads (a replica when one is configured)."""
-        return self.read_engine.connect()
+        """A connection for reads (a healthy replica when there is one)."""
+        return self.choose_read_engine().connect()
+
+    def choose_read_engine(self) -> AsyncEngine:
+        """The engine for the next read: the stack's healthy replicas in turn, else
+        :attr:`read_engine` (the primary when no replica is in rotation)."""
+        if self.replicas is not None:
+            chosen = self.replicas.choose()
+            if chosen is not None:
+                reading = self._autocommit.get(chosen)
+                if reading is None:
+                    reading = self._autocommit[chosen] = _for_reads(chosen)
+                return reading
+        return self.read_engine
 
     def writer(self) -> Any:
         """A transaction on the primary (``async with services.writer() as conn``)."""
@@ -72,16 +88,17 @@ class Services:
         """
         return self.engine.execution_options(isolation_level="AUTOCOMMIT").connect()
 
-    def adopt_engines(self, engines: Engines) -> None:
-        """Use ``engines`` (e.g. the stack's database layer) instead of our own.
+    def adopt_database(self, database: Database) -> None:
+        """Use the stack's database layer (its pools and replica checks) instead of our own.
 
-        Called before any request, so the replaced engines never opened a connection.
+        Called before any request, so the replaced engines never opened a
+        connection. Reads rotate over the replicas its health checks keep in
+        rotation and fall back to the primary when none is (a replica that is
+        down or lagging is never read from).
         """
-        self.engine = engines.primary
-        read = engines.replicas[0] if engines.replicas else engines.primary
-        if read.dialect.name == "postgresql":
-            read = read.execution_options(isolation_level="AUTOCOMMIT")
-        self.read_engine = read
+        self.engine = database.engines.primary
+        self.read_engine = _for_reads(self.engine)
+        self.replicas = database.replicas if len(database.replicas) else None
 
     @classmethod
     def open(cls, settings: FreightScaleSettings, config: AppConfig) -> Services:
@@ -100,16 +117,12 @@ class Services:
             read_engine = _naive_engine(replicas[0], settings, config) if replicas else engine
         else:
             # freightscale.db: bounded, instrumented pools sized by FREIGHTSCALE_DATABASE__*.
-            # TODO(db routing): Database/RoutingAsyncSession would spread reads over the
-            # healthy replicas with read-your-writes; the example's Core queries use the
-            # first replica for GET routes.
+            # (With the stack's database layer on, adopt_database() replaces these with
+            # its pools and health-checked replica rotation.)
             engines = create_engines(settings.database)
             engine = engines.primary
             read_engine = engines.replicas[0] if engines.replicas else engine
-        if read_engine.dialect.name == "postgresql":
-            # Reads run in autocommit: no BEGIN / ROLLBACK round trips around
-            # each request's SELECTs (same pool, only the option differs).
-            read_engine = read_engine.execution_options(isolation_level="AUTOCOMMIT")
+        read_engine = _for_reads(read_engine)
         root_store = _store(settings)
         store = root_store.with_namespace("freightops")
         sessions: SessionBackend | None = None
@@ -122,6 +135,14 @@ class Services:
         await self.engine.dispose()
         await self.read_engine.dispose()
         await self.root_store.aclose()
+
+
+def _for_reads(engine: AsyncEngine) -> AsyncEngine:
+    """``engine`` for reads: in autocommit on PostgreSQL, so no BEGIN / ROLLBACK round
+    trips around each request's SELECTs (same pool, only the option differs)."""
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return engine
 
 
 def _naive_engine(url: str, settings: FreightScaleSettings, config: AppConfig) -> AsyncEngine:

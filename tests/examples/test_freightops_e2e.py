@@ -500,3 +500,25 @@ async def test_role_scoped_entries_are_shared_by_colleagues_with_the_same_role(
             assert other_role.headers["x-cache"] == "MISS"  # not the dispatchers' copy
         else:
             assert other_role.status_code == 403
+
+
+async def test_reads_skip_a_replica_that_is_down(
+    worker_envs: dict[str, dict[str, str]], server_factory: Callable[..., list[Server]]
+) -> None:
+    """A replica out of rotation is never read from: reads fall back to the primary.
+
+    (Before, the example sent every read to the first replica whatever its health.)
+    """
+    from tests.helpers import free_port
+
+    down = f"postgresql+asyncpg://127.0.0.1:{free_port()}/test"  # nothing listens there
+    env = dict(worker_envs["freightscale"], FREIGHTSCALE_DATABASE__REPLICA_URLS=f'["{down}"]')
+    (server,) = server_factory(env)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        viewer = bearer(await login(client, "viewer@acme.example"))
+        for _ in range(3):
+            listing = await client.get("/api/shipments", headers=viewer)
+            assert listing.status_code == 200, listing.text
+            assert listing.json()["items"]
+        ready = await client.get("/readyz")
+    assert ready.status_code == 200  # the primary serves; a replica being out is no outage
