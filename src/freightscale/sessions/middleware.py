@@ -10,37 +10,21 @@ conflicting write is merged key by key and retried
 
 from __future__ import annotations
 
-import json
-import logging
 import time
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from cachetools import TTLCache
 
-from freightscale.context import scope_state
-from freightscale.errors import problem_response
 from freightscale.exceptions import ConfigurationError, StoreError, StoreUnavailableError
+from freightscale.sessions._common import LEGACY_PREFIX, Header, _outages, _saves, logger
+from freightscale.sessions._responder import _Responder
 from freightscale.sessions.backends import CorruptSessionError, SessionBackend
 from freightscale.sessions.config import backend_from_settings
-from freightscale.sessions.cookies import (
-    CookieSigner,
-    delete_cookie_header,
-    new_session_id,
-    read_cookie,
-    set_cookie_header,
-    verify_legacy_cookie,
-)
-from freightscale.sessions.session import (
-    Session,
-    SessionTooLargeError,
-    SessionUnavailableError,
-    merge_changes,
-)
+from freightscale.sessions.cookies import CookieSigner, delete_cookie_header, set_cookie_header
+from freightscale.sessions.session import SessionUnavailableError
 from freightscale.settings.sessions import SessionSettings
-from freightscale.telemetry import get_counter
-from freightscale.types import ASGIApp, Message, Receive, Scope, Send
+from freightscale.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from freightscale.backends.redis import RedisClient
@@ -49,21 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["LEGACY_PREFIX", "SessionMiddleware"]
 
 T = TypeVar("T")
-logger = logging.getLogger("freightscale.sessions")
-# Names, units and labels are registered in freightscale.telemetry.instruments.
-_loads = get_counter("freightscale.sessions.loads")  # result: hit, miss, invalid, error
-_saves = get_counter("freightscale.sessions.saves")  # result: saved, deleted, conflict, error
-_outages = get_counter("freightscale.backend.outages")  # service, component
-_fallbacks = get_counter("freightscale.backend.fallbacks")  # component, policy
-_HITS, _MISSES = _loads.series({"result": "hit"}), _loads.series({"result": "miss"})
-
-LEGACY_PREFIX = "legacy:"
-"""Imported legacy sessions live under ``legacy:<sid>``; freightscale ids never contain ``:``."""
-
-Header = tuple[bytes, bytes]
-# A stand-in response start that makes the send wrapper answer 503 problem+json.
-_FAILED_START: Message = {"type": "http.response.start", "status": 503, "headers": []}
-_UNAVAILABLE = "the session store is unavailable; try again shortly"
 
 
 class SessionMiddleware:
@@ -205,251 +174,4 @@ class SessionMiddleware:
             self.signer.sign(session_id),
             max_age=self.settings.max_age,
             **self._cookie_attrs,
-        )
-
-
-class _Responder:
-    """Per-request state: what the cookies said and what must be written back."""
-
-    __slots__ = (
-        "cookie_bad", "legacy_present", "legacy_sid", "migrate", "mw", "scope", "session", "sid",
-        "unavailable", "unknown",
-    )  # fmt: skip
-
-    def __init__(self, mw: SessionMiddleware, scope: Scope) -> None:
-        self.mw = mw
-        self.scope = scope
-        headers = scope.get("headers") or []
-        raw = read_cookie(headers, mw._cookie_name)
-        self.sid = mw.signer.unsign(raw)
-        self.cookie_bad = raw is not None and self.sid is None
-        self.legacy_sid: str | None = None
-        self.legacy_present = False
-        if self.sid is None and mw._legacy_secrets:
-            legacy_raw = read_cookie(headers, mw._legacy_name)
-            self.legacy_present = legacy_raw is not None
-            self.legacy_sid = verify_legacy_cookie(legacy_raw, mw._legacy_secrets)
-        self.unknown = False
-        self.migrate = False
-        self.unavailable = False
-        has_id = self.sid is not None or self.legacy_sid is not None
-        self.session = Session(
-            loader=self.load if has_id else None, max_size=mw.settings.max_size_bytes
-        )
-        scope["session"] = self.session
-        if self.sid is not None:
-            scope_state(scope)["session_id"] = self.sid
-
-    async def load(self, session: Session) -> None:
-        mw = self.mw
-        key = self.sid if self.sid is not None else LEGACY_PREFIX + str(self.legacy_sid)
-        corrupt = False
-        try:
-            # Called directly (not through mw.store) to keep the read path short.
-            record = await mw.backend.load(key)
-        except CorruptSessionError as exc:
-            corrupt = True
-            _loads.add(1, {"result": "invalid"})
-            mw.corrupt(key, exc)
-            record = None
-        except StoreError as exc:
-            _loads.add(1, {"result": "error"})
-            _fallbacks.add(1, {"component": "sessions", "policy": mw.settings.fail_mode})
-            try:
-                mw.failed(exc)
-            except StoreError:
-                if mw.settings.fail_mode == "closed":
-                    self.unavailable = True
-                    raise
-            session._degraded = True
-            return
-        else:
-            if mw._store_down:
-                mw.recovered()
-        if record is None or record.data is None or record.expires_at <= mw.clock():
-            if not corrupt:
-                _MISSES.value += 1
-            self.unknown = True
-            return
-        _HITS.value += 1
-        session._populate(record.data, record.version, record.expires_at, key)
-        self.migrate = self.sid is None
-
-    async def __call__(self, receive: Receive, send: Send) -> None:
-        scope, mw = self.scope, self.mw
-        replaced = started = False
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal replaced, started
-            if message["type"] == "http.response.start":
-                started = True
-                status, detail = 0, ""
-                extra: list[Header] = []
-                if self.unavailable and message["status"] >= 500:
-                    status, detail = 503, _UNAVAILABLE
-                elif self.needs_commit():
-                    try:
-                        extra = await self.commit()
-                    except SessionUnavailableError:
-                        # Open: the response goes out, the session change is lost (logged).
-                        if mw.settings.fail_mode == "closed":
-                            status, detail = 503, _UNAVAILABLE
-                    except SessionTooLargeError as exc:
-                        status, detail = 500, str(exc)
-                    if extra and not status:
-                        message = dict(message)
-                        message["headers"] = [*message.get("headers", []), *extra]
-                if status:
-                    replaced = True
-                    response = problem_response(
-                        status, detail=detail, instance=scope.get("path"),
-                        headers={"Retry-After": "1"} if status == 503 else None,
-                    )  # fmt: skip
-                    await response(scope, receive, send)
-                    return
-            elif replaced and message["type"] == "http.response.body":
-                return
-            await send(message)
-
-        if (
-            mw._eager_any
-            and self.session._loader is not None
-            and (mw.settings.eager or scope.get("path", "").startswith(mw._eager_paths))
-        ):
-            try:
-                await self.session.load()
-            except SessionUnavailableError:
-                if scope["type"] == "http":
-                    await send_wrapper(_FAILED_START)
-                    return
-                raise
-        if scope["type"] != "http":
-            # WebSocket sessions can be read; there is no response to carry a cookie.
-            await mw.app(scope, receive, send)
-            return
-        try:
-            await mw.app(scope, receive, send_wrapper)
-        except SessionUnavailableError:
-            if replaced:
-                return  # the client already has its 503
-            if started:
-                raise
-            self.unavailable = True
-            await send_wrapper(_FAILED_START)
-
-    def needs_commit(self) -> bool:
-        """Whether :meth:`commit` has anything to do; False for the common requests
-        (session untouched, or loaded and only read), which skip it entirely."""
-        s = self.session
-        if s._cleared or self.cookie_bad or self.legacy_present:
-            return True
-        if not s._loaded:
-            return False
-        if s.id is None or s._regenerate or self.migrate or s._snapshot is not None:
-            return True  # data for a new id, or data that may have changed
-        # Loaded from the store and provably unchanged: only a due sliding-expiry refresh writes.
-        mw = self.mw
-        return mw.clock() - (s.expires_at - mw._max_age) >= mw._refresh_interval
-
-    async def commit(self) -> list[Header]:
-        """Write the session back if needed; return the cookie headers to add."""
-        mw, s = self.mw, self.session
-        headers: list[Header] = []
-        if s.is_degraded:
-            return headers  # never persist what was built while the store was down
-        if self.legacy_present and (self.migrate or s._cleared or (s.is_loaded and s.id is None)):
-            headers.append(mw._delete_legacy)
-        if s._cleared:
-            if s.id is not None:
-                await self._retire(s.id, s.version, s.expires_at)
-            if self.sid is not None or self.cookie_bad:
-                headers.append(mw._delete_cookie)
-            return headers
-        if not s.is_loaded:
-            if self.cookie_bad:
-                headers.append(mw._delete_cookie)
-            return headers
-        encoded = s.check_size() if s.may_have_changed else None
-        now = mw.clock()
-        expires_at = now + mw.settings.max_age
-        if s.id is None or s._regenerate or self.migrate:
-            if s.id is None and not s._data:
-                if self.cookie_bad or (self.unknown and self.sid is not None):
-                    headers.append(mw._delete_cookie)
-                return headers
-            new_id = await self._create(s._data, expires_at)
-            if s.id is not None:
-                await self._retire(s.id, s.version, s.expires_at)
-            scope_state(self.scope)["session_id"] = new_id
-            headers.append(mw.set_cookie(new_id))
-            return headers
-        if encoded is not None and encoded != s.original:
-            if await self._update(s.id, json.loads(s.original), s._data, s.version, expires_at):
-                headers.append(mw.set_cookie(s.id))
-            else:
-                headers.append(mw._delete_cookie)
-            return headers
-        if now - (s.expires_at - mw.settings.max_age) >= mw.settings.refresh_interval:
-            # Sliding expiry; a conflict means another request just wrote (and renewed) it.
-            refreshed = await mw.store(
-                partial(mw.backend.compare_and_set, s.id, s._data, expires_at, version=s.version)
-            )
-            if refreshed.ok:
-                _saves.add(1, {"result": "saved"})
-            headers.append(mw.set_cookie(s.id))
-        return headers
-
-    async def _create(self, data: dict[str, Any], expires_at: float) -> str:
-        backend = self.mw.backend
-        for _ in range(3):
-            sid = new_session_id()
-            result = await self.mw.store(
-                partial(backend.compare_and_set, sid, data, expires_at, version=0)
-            )
-            if result.ok:
-                _saves.add(1, {"result": "saved"})
-                return sid
-        raise StoreError("could not allocate a free session id")  # pragma: no cover
-
-    async def _retire(self, sid: str, version: int, expires_at: float) -> None:
-        backend = self.mw.backend
-        if not sid.startswith(LEGACY_PREFIX):
-            await self.mw.store(partial(backend.delete, sid))
-            _saves.add(1, {"result": "deleted"})
-            return
-        # A tombstone until the legacy session would have expired, so a re-run
-        # import never brings it back.
-        for _ in range(3):
-            result = await self.mw.store(
-                partial(backend.compare_and_set, sid, None, expires_at, version=version)
-            )
-            if result.ok or result.current is None:
-                _saves.add(1, {"result": "deleted"})
-                return
-            version = result.current.version
-
-    async def _update(
-        self, sid: str, original: dict[str, Any], mine: dict[str, Any], version: int,
-        expires_at: float,
-    ) -> bool:  # fmt: skip
-        """CAS-write ``mine``; on conflict merge key by key and retry. False if the
-        session was deleted meanwhile (a logout elsewhere wins: never resurrected)."""
-        mw = self.mw
-        data = mine
-        for _ in range(mw.settings.conflict_retries + 1):
-            result = await mw.store(
-                partial(mw.backend.compare_and_set, sid, data, expires_at, version=version)
-            )
-            if result.ok:
-                _saves.add(1, {"result": "saved"})
-                return True
-            current = result.current
-            if current is None or current.data is None:
-                return False
-            _saves.add(1, {"result": "conflict"})
-            data = merge_changes(original, mine, current.data)
-            version = current.version
-        raise SessionUnavailableError(
-            f"session write still conflicted after {mw.settings.conflict_retries} merges "
-            "(sessions.conflict_retries)"
         )
