@@ -6,11 +6,14 @@ redis-py GET per request: the floor), ``get-fs`` (the same GET through
 freightscale's bounded, retrying ``create_redis_client``), ``freightscale``
 (SessionMiddleware + Redis, ``await load_session``) and ``starsessions`` (its
 SessionMiddleware + RedisStore, ``await load_session``). Every session request carries a valid
-cookie, so each one reads its session from Redis. wrk (on core 1, the
-servers on core 0, with taskset and two cores) drives them in
+cookie, so each one reads its session from Redis. wrk drives them in
 interleaved rounds (the order rotates each round); each round's requests/s
 is divided by the ``bare`` figure of the *same* round, and the median of
-those ratios is reported.
+those ratios is reported. Nothing is pinned by default: Redis is a third
+busy process, and on a two-core machine pinning the server and wrk to one
+core each leaves it to steal from one of them, which charges the Redis
+variants for the layout (``--pin`` puts the servers on core 0 and wrk on
+core 1, as the other benchmarks do).
 
 Second table (``--mode cpu`` or ``both``): the same five apps driven in
 process through ASGI, sequentially, against the same Redis; it reports the
@@ -44,16 +47,18 @@ VARIANTS = ("bare", "get", "get-fs", "freightscale", "starsessions")
 
 sys.path[:0] = [str(ROOT)]
 from bench.net import free_port, wait_port  # noqa: E402
-from bench.wrk import Wrk, pin_server, require_wrk  # noqa: E402
+from bench.wrk import WRK_CORE, Wrk, pin_server, require_wrk  # noqa: E402
 
 
-def start(variant: str, redis_url: str, prefix: str) -> tuple[subprocess.Popen[bytes], int]:
+def start(
+    variant: str, redis_url: str, prefix: str, pin: bool
+) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = dict(os.environ, BENCH_VARIANT=variant, BENCH_REDIS_URL=redis_url, BENCH_PREFIX=prefix)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT / "bench")])
     command = [sys.executable, "-m", "uvicorn", "sessions_apps:app", "--port", str(port),
                "--host", "127.0.0.1", "--no-access-log", "--log-level", "warning"]  # fmt: skip
-    process = subprocess.Popen(pin_server(command), env=env, cwd=ROOT)
+    process = subprocess.Popen(pin_server(command) if pin else command, env=env, cwd=ROOT)
     wait_port(port)
     return process, port
 
@@ -78,6 +83,7 @@ def wrk_load(port: int, cookie: str, args: argparse.Namespace) -> Wrk:
     return Wrk(
         f"http://127.0.0.1:{port}/", connections=args.connections, duration=args.duration,
         headers={"Cookie": cookie} if cookie else {}, latency=True,
+        core=WRK_CORE if args.pin else None,
     )  # fmt: skip
 
 
@@ -151,6 +157,10 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--pin", action=argparse.BooleanOptionalAction, default=False,
+        help="servers on core 0, wrk on core 1 (default off: Redis is a third busy process)",
+    )  # fmt: skip
     args = parser.parse_args()
     prefix = f"fsbench-{uuid.uuid4().hex[:8]}"
     print(f"command: python {shlex.join(['bench/sessions_bench.py', *sys.argv[1:]])}")
@@ -167,7 +177,7 @@ def main() -> None:
 
 def _wrk_mode(args: argparse.Namespace, prefix: str) -> None:
     require_wrk()
-    servers = {v: start(v, args.redis_url, prefix) for v in VARIANTS}
+    servers = {v: start(v, args.redis_url, prefix, args.pin) for v in VARIANTS}
     rps: dict[str, list[float]] = {v: [] for v in VARIANTS}
     ratios: dict[str, list[float]] = {v: [] for v in VARIANTS}
     try:
@@ -194,7 +204,8 @@ def _wrk_mode(args: argparse.Namespace, prefix: str) -> None:
         _cleanup(args.redis_url, prefix)
     print()
     print(f"wrk -t1 -c{args.connections} -d{args.duration:g}s, {args.rounds} interleaved rounds, "
-          "uvicorn 1 worker per variant, GET / with a valid session cookie")  # fmt: skip
+          "uvicorn 1 worker per variant, GET / with a valid session cookie, "
+          f"{'pinned (servers core 0, wrk core 1)' if args.pin else 'not pinned'}")  # fmt: skip
     print(f"{'variant':<14}{'median req/s':>14}{'ratio to bare (median of rounds)':>36}")
     for variant in VARIANTS:
         print(f"{variant:<14}{statistics.median(rps[variant]):>14.0f}"
