@@ -293,7 +293,10 @@ class Counter:
     Hot paths take a :class:`Tally` once with :meth:`series` and do
     ``tally.value += 1``; other code calls :meth:`add` with the labels.
     Totals are per process and since process start (cumulative), which is what
-    an OpenTelemetry counter reports anyway.
+    an OpenTelemetry counter reports anyway. An increment is a plain integer
+    addition: exact when made on one thread (the event loop, where
+    freightscale counts); code counting from several threads must serialise
+    its increments itself.
     """
 
     def __init__(self, spec: MetricSpec) -> None:
