@@ -14,8 +14,9 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -23,6 +24,9 @@ import pytest
 
 from tests.conftest import DATABASE_URL, _create_database, _drop_database, _plain_pg_url
 from tests.servers import free_port
+
+if TYPE_CHECKING:
+    from examples.freightops.seed import SeedPlan
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "e2e-secret-" + "x" * 32
@@ -82,28 +86,30 @@ def wait_ready(server: Server, timeout: float = 60) -> Server:
     raise RuntimeError(f"FreightOps server failed to start:\n{server.log.read_text()[-3000:]}")
 
 
+async def seed_database(url: str, plan: SeedPlan) -> None:
+    """Create the FreightOps schema at ``url`` and seed it (cheap password hashes)."""
+    from examples.freightops.seed import create_schema, seed
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url)
+    try:
+        await create_schema(engine)
+        await seed(engine, replace(plan, password_iterations=1000))
+    finally:
+        await engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def fo_database_url() -> Iterator[str]:
     """A fresh PostgreSQL database with the FreightOps schema and a small seed."""
-    from examples.freightops.seed import SeedPlan, create_schema, seed
-    from sqlalchemy.ext.asyncio import create_async_engine
+    from examples.freightops.seed import SeedPlan
 
     admin = _plain_pg_url(DATABASE_URL)
     name = f"fo_e2e_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     asyncio.run(_create_database(admin, name))
     url = urlunsplit(urlsplit(DATABASE_URL)._replace(scheme="postgresql+asyncpg", path="/" + name))
 
-    async def prepare() -> None:
-        engine = create_async_engine(url)
-        try:
-            await create_schema(engine)
-            await seed(
-                engine, SeedPlan(tenants=2, users=30, shipments=300, password_iterations=1000)
-            )
-        finally:
-            await engine.dispose()
-
-    asyncio.run(prepare())
+    asyncio.run(seed_database(url, SeedPlan(tenants=2, users=30, shipments=300)))
     yield url
     asyncio.run(_drop_database(admin, name))
 

@@ -11,10 +11,9 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from examples.freightops.seed import SeedPlan, create_schema, seed
-from sqlalchemy.ext.asyncio import create_async_engine
+from examples.freightops.seed import SeedPlan
 
-from tests.examples.conftest import SECRET, Server
+from tests.examples.conftest import SECRET, Server, seed_database
 from tests.examples.test_freightops_e2e import bearer, login
 from tests.pg_servers import PgCluster
 
@@ -28,17 +27,7 @@ def seeded_cluster() -> Iterator[PgCluster]:
     try:
         cluster.wait_streaming()
 
-        async def prepare() -> None:
-            engine = create_async_engine(cluster.primary.url)
-            try:
-                await create_schema(engine)
-                await seed(
-                    engine, SeedPlan(tenants=1, users=10, shipments=50, password_iterations=1000)
-                )
-            finally:
-                await engine.dispose()
-
-        asyncio.run(prepare())
+        asyncio.run(seed_database(cluster.primary.url, SeedPlan(tenants=1, users=10, shipments=50)))
         assert cluster.replica is not None
         deadline = time.monotonic() + 30
         while asyncio.run(_count(cluster.replica.dsn, "SELECT count(*) FROM shipments")) < 50:

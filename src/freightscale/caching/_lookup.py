@@ -121,6 +121,10 @@ class _Lookup:
         raw = await self.mw.cache.get(self.key)
         if raw is None:
             return None
+        return await self._decoded(raw)
+
+    async def _decoded(self, raw: bytes) -> CacheEntry | None:
+        """The entry stored as ``raw`` (kept in L1), or None after dropping a corrupt one."""
         try:
             entry = decode_entry(raw)
         except CorruptEntry:
@@ -136,15 +140,7 @@ class _Lookup:
         raw, token = await self.mw.cache.get_or_lock(self.key)
         if raw is None:
             return None, token
-        try:
-            entry = decode_entry(raw)
-        except CorruptEntry:
-            logger.warning("dropping a corrupt response cache entry %s", self.key)
-            with contextlib.suppress(StoreError):
-                await self.mw.cache.delete(self.key)
-            return None, None
-        self.mw.cache.remember(self.key, entry)
-        return entry, None
+        return await self._decoded(raw), None
 
     async def _send_shared(self, send: Send, entry: CacheEntry) -> None:
         now = self.mw.clock()
