@@ -12,7 +12,7 @@ See ``docs/auth.md`` for the full picture.
 
 from __future__ import annotations
 
-from freightscale.auth.cache import CachedToken, VerificationCache
+from freightscale.auth.cache import CachedToken, Generation, VerificationCache
 from freightscale.auth.config import AuthSettings
 from freightscale.auth.events import EventBus, MemoryBus, RedisBus
 from freightscale.auth.guards import (
@@ -36,6 +36,7 @@ __all__ = [
     "Authenticator",
     "CachedToken",
     "EventBus",
+    "Generation",
     "InvalidToken",
     "JWKSKeySource",
     "MemoryBus",
