@@ -5,23 +5,21 @@
 ``METRICS`` lists every metric name any component records; components get
 their instruments with :func:`get_counter` / :func:`get_histogram` /
 :func:`get_up_down_counter`. Only ``opentelemetry-api`` is used: with no SDK
-installed, spans are skipped and instruments are no-ops.
+installed, spans are skipped and histograms are no-ops; counters are running
+totals (:class:`Tally`) that an SDK installed later reports.
 """
 
 from __future__ import annotations
 
+from freightscale.telemetry.counters import Counter, Tally, get_counter, publish_counters
 from freightscale.telemetry.instruments import (
     INSTRUMENTATION_NAME,
     METRICS,
-    Counter,
     MetricSpec,
-    Tally,
-    get_counter,
     get_histogram,
     get_meter,
     get_tracer,
     get_up_down_counter,
-    publish_counters,
 )
 from freightscale.telemetry.middleware import (
     RequestIdLogFilter,

@@ -28,7 +28,7 @@ import anyio.to_thread
 
 from freightscale.errors import problem_response
 from freightscale.exceptions import MissingDependencyError
-from freightscale.telemetry.instruments import publish_counters
+from freightscale.telemetry.counters import publish_counters
 from freightscale.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
