@@ -17,6 +17,7 @@ a few dozen bytes per entry whatever the tokens' size.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import time
@@ -90,6 +91,24 @@ class CachedToken:
     resolved: tuple[Principal, AuthCredentials] | None = field(default=None)
     generation: int = -1
     until: float = float("-inf")
+
+    def stamp(
+        self, perms: frozenset[str] | None, generation: int, until: float
+    ) -> tuple[Principal, AuthCredentials]:
+        """Record (and return) the principal with ``perms`` as the reusable answer,
+        valid at ``generation`` until ``until`` (rebuilt only when ``perms`` changed)."""
+        resolved = self.resolved
+        if resolved is None or self.permissions is not perms:
+            principal = self.principal
+            if perms:
+                principal = dataclasses.replace(principal, permissions=perms)
+            credentials = AuthCredentials(sorted(principal.scopes | principal.permissions))
+            resolved = (principal, credentials)
+        self.permissions = perms
+        self.resolved = resolved
+        self.generation = generation
+        self.until = until
+        return resolved
 
 
 class _Fifo(FIFOCache[bytes, Any]):

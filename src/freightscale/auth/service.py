@@ -14,7 +14,6 @@ it to revoke tokens and to invalidate permissions::
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from types import MappingProxyType
 from typing import Any
@@ -177,13 +176,13 @@ class Authenticator:
         generation = self.generation.value
         permissions = self.permissions
         if permissions is None:
-            resolved = self._stamp(entry, None, generation, entry.expires_at)
+            resolved = entry.stamp(None, generation, entry.expires_at)
         else:
             found = permissions.lookup(principal.tenant_id, principal.roles)
             if found is None:
                 return None  # a load (I/O) is due
             self._permission_hits.value += 1
-            resolved = self._stamp(entry, found[0], generation, self._until(entry, found[1]))
+            resolved = entry.stamp(found[0], generation, self._until(entry, found[1]))
         self._token_hits.value += 1
         return resolved
 
@@ -216,12 +215,12 @@ class Authenticator:
         generation = self.generation.value
         permissions = self.permissions
         if permissions is None:
-            return self._stamp(entry, None, generation, entry.expires_at)
+            return entry.stamp(None, generation, entry.expires_at)
         principal = entry.principal
         found = permissions.lookup(principal.tenant_id, principal.roles)
         if found is not None:
             self._permission_hits.value += 1
-            return self._stamp(entry, found[0], generation, self._until(entry, found[1]))
+            return entry.stamp(found[0], generation, self._until(entry, found[1]))
         # get() counts the miss when it calls the loader; a store hit counts as a hit.
         loads_before = permissions.loads
         perms = await permissions.get(principal.tenant_id, principal.roles)
@@ -231,32 +230,14 @@ class Authenticator:
         generation = self.generation.value
         found = permissions.lookup(principal.tenant_id, principal.roles)
         if found is not None and found[0] is perms:
-            return self._stamp(entry, perms, generation, self._until(entry, found[1]))
-        return self._stamp(entry, perms, generation, float("-inf"))
+            return entry.stamp(perms, generation, self._until(entry, found[1]))
+        return entry.stamp(perms, generation, float("-inf"))
 
     def _until(self, entry: CachedToken, permissions_deadline: float) -> float:
         """The earlier of the entry's expiry and a permission-clock deadline, on the cache clock."""
         assert self.permissions is not None
         remaining = permissions_deadline - self.permissions.clock()
         return min(entry.expires_at, self.cache.clock() + remaining)
-
-    @staticmethod
-    def _stamp(
-        entry: CachedToken, perms: frozenset[str] | None, generation: int, until: float
-    ) -> tuple[Principal, AuthCredentials]:
-        """Record (and return) the principal with ``perms`` as the entry's reusable answer."""
-        resolved = entry.resolved
-        if resolved is None or entry.permissions is not perms:
-            principal = entry.principal
-            if perms:
-                principal = dataclasses.replace(principal, permissions=perms)
-            credentials = AuthCredentials(sorted(principal.scopes | principal.permissions))
-            resolved = (principal, credentials)
-        entry.permissions = perms
-        entry.resolved = resolved
-        entry.generation = generation
-        entry.until = until
-        return resolved
 
     async def _verify(self, key: bytes, token: str) -> CachedToken:
         failure = self.cache.get_negative(key)
