@@ -6,6 +6,9 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
@@ -155,89 +158,81 @@ async def test_cluster_client_spreads_keys(redis_cluster_url: str, redis_prefix:
         await client.aclose()
 
 
-async def test_socket_timeout_bounds_a_read_and_the_client_recovers(
-    redis_server: RedisServer, redis_prefix: str
-) -> None:
+@pytest.fixture
+async def quick_client(redis_server: RedisServer) -> AsyncIterator[Any]:
+    """A client of the private server with ``socket_timeout=0.3`` and no retries."""
     settings = RedisSettings(url=redis_server.url, socket_timeout=0.3, retries=0)  # type: ignore[arg-type]
     client = create_redis_client(settings)
-    key = f"{redis_prefix}:k"
+    await client.ping()
+    yield client
+    await client.aclose()
+
+
+@contextmanager
+def paused(server: RedisServer) -> Iterator[None]:
+    """The server stops answering (SIGSTOP) for the block, then resumes."""
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGSTOP)
     try:
-        await client.set(key, b"v")
-        assert redis_server.process is not None
-        os.kill(redis_server.process.pid, signal.SIGSTOP)  # the server stops answering
-        try:
-            started = time.monotonic()
-            with pytest.raises(RedisTimeoutError, match=r"socket_timeout=0\.3"):
-                await client.get(key)
-            elapsed = time.monotonic() - started
-        finally:
-            os.kill(redis_server.process.pid, signal.SIGCONT)
-        assert 0.3 <= elapsed < 0.3 + 0.5
-        # The timed-out connection was dropped: the next command gets a fresh one.
-        assert await client.get(key) == b"v"
-        # Timers are re-armed per connection, not per command: many quick
-        # commands spanning several timeouts never trip one.
-        for _ in range(20):
-            assert await client.get(key) == b"v"
-            await asyncio.sleep(0.05)
+        yield
     finally:
-        await client.aclose()
+        os.kill(server.process.pid, signal.SIGCONT)
+
+
+async def test_socket_timeout_bounds_a_read_and_the_client_recovers(
+    redis_server: RedisServer, quick_client: Any, redis_prefix: str
+) -> None:
+    key = f"{redis_prefix}:k"
+    await quick_client.set(key, b"v")
+    with paused(redis_server):
+        started = time.monotonic()
+        with pytest.raises(RedisTimeoutError, match=r"socket_timeout=0\.3"):
+            await quick_client.get(key)
+        elapsed = time.monotonic() - started
+    assert 0.3 <= elapsed < 0.3 + 0.5
+    # The timed-out connection was dropped: the next command gets a fresh one.
+    assert await quick_client.get(key) == b"v"
+    # Timers are re-armed per connection, not per command: many quick
+    # commands spanning several timeouts never trip one.
+    for _ in range(20):
+        assert await quick_client.get(key) == b"v"
+        await asyncio.sleep(0.05)
 
 
 async def test_socket_timeout_bounds_a_write_the_server_does_not_read(
-    redis_server: RedisServer, redis_prefix: str
+    redis_server: RedisServer, quick_client: Any, redis_prefix: str
 ) -> None:
-    settings = RedisSettings(url=redis_server.url, socket_timeout=0.3, retries=0)  # type: ignore[arg-type]
-    client = create_redis_client(settings)
-    try:
-        await client.ping()
-        assert redis_server.process is not None
-        os.kill(redis_server.process.pid, signal.SIGSTOP)
-        try:
-            started = time.monotonic()
-            # Far more than the socket buffers hold: the write itself has to wait.
-            with pytest.raises(RedisTimeoutError, match="writing"):
-                await client.set(f"{redis_prefix}:big", b"x" * 64_000_000)
-            elapsed = time.monotonic() - started
-        finally:
-            os.kill(redis_server.process.pid, signal.SIGCONT)
-        assert elapsed < 0.3 + 0.7
-        assert await client.ping() is True
-        # The half-sent SET was dropped with its socket: it never runs later.
-        await asyncio.sleep(0.2)
-        assert await client.exists(f"{redis_prefix}:big") == 0
-    finally:
-        await client.aclose()
+    with paused(redis_server):
+        started = time.monotonic()
+        # Far more than the socket buffers hold: the write itself has to wait.
+        with pytest.raises(RedisTimeoutError, match="writing"):
+            await quick_client.set(f"{redis_prefix}:big", b"x" * 64_000_000)
+        elapsed = time.monotonic() - started
+    assert elapsed < 0.3 + 0.7
+    assert await quick_client.ping() is True
+    # The half-sent SET was dropped with its socket: it never runs later.
+    await asyncio.sleep(0.2)
+    assert await quick_client.exists(f"{redis_prefix}:big") == 0
 
 
 async def test_an_outer_cancellation_is_not_turned_into_a_timeout(
-    redis_server: RedisServer, redis_prefix: str
+    redis_server: RedisServer, quick_client: Any, redis_prefix: str
 ) -> None:
-    settings = RedisSettings(url=redis_server.url, socket_timeout=0.3, retries=0)  # type: ignore[arg-type]
-    client = create_redis_client(settings)
-    try:
-        await client.ping()
-        assert redis_server.process is not None
-        os.kill(redis_server.process.pid, signal.SIGSTOP)
-        try:
-            # An outer timeout shorter than socket_timeout wins, as itself.
-            started = time.monotonic()
-            with pytest.raises(TimeoutError) as caught:
-                async with asyncio.timeout(0.1):
-                    await client.get(f"{redis_prefix}:k")
-            assert not isinstance(caught.value, RedisTimeoutError)
-            assert time.monotonic() - started < 0.3
-            # A plain cancel stays a cancel, even when it lands after socket_timeout.
-            task = asyncio.ensure_future(client.get(f"{redis_prefix}:k"))
-            await asyncio.sleep(0.05)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-        finally:
-            os.kill(redis_server.process.pid, signal.SIGCONT)
-        assert await client.ping() is True
-    finally:
-        await client.aclose()
+    with paused(redis_server):
+        # An outer timeout shorter than socket_timeout wins, as itself.
+        started = time.monotonic()
+        with pytest.raises(TimeoutError) as caught:
+            async with asyncio.timeout(0.1):
+                await quick_client.get(f"{redis_prefix}:k")
+        assert not isinstance(caught.value, RedisTimeoutError)
+        assert time.monotonic() - started < 0.3
+        # A plain cancel stays a cancel, even when it lands after socket_timeout.
+        task = asyncio.ensure_future(quick_client.get(f"{redis_prefix}:k"))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert await quick_client.ping() is True
 
 
 async def test_an_explicit_read_timeout_is_not_cut_short_by_socket_timeout(

@@ -141,6 +141,16 @@ class _BackendCore:
         self.redis.start_listener(self._evict_local, self._clear_local)
         return self.redis.subscribed.is_set()
 
+    def _from_l1(self, key: str) -> tuple[L1Cache | None, bytes | None]:
+        """The live L1 (None while it cannot be trusted) and what it holds for ``key``."""
+        l1 = self.l1 if self._l1_live() else None
+        if l1 is not None:
+            item = l1.get(key)
+            if item is not None:
+                value: bytes = item[1]
+                return l1, value
+        return l1, None
+
     def _evict_local(self, keys: list[str]) -> None:
         if self.l1 is not None:
             for key in keys:

@@ -52,12 +52,9 @@ class CacheBackend(_BackendCore):
         Raises:
             StoreUnavailableError: the store is down (callers bypass the cache).
         """
-        l1 = self.l1 if self._l1_live() else None
-        if l1 is not None:
-            item = l1.get(key)
-            if item is not None:
-                value: bytes = item[1]
-                return value
+        l1, value = self._from_l1(key)
+        if value is not None:
+            return value
         stored = await self._guard(lambda: self.store.get(key))
         if stored is not None and l1 is not None:
             l1.put(key, stored)
@@ -74,12 +71,9 @@ class CacheBackend(_BackendCore):
         Raises:
             StoreUnavailableError: the store is down (callers bypass the cache).
         """
-        l1 = self.l1 if self._l1_live() else None
-        if l1 is not None:
-            item = l1.get(key)
-            if item is not None:
-                value: bytes = item[1]
-                return value, None
+        l1, value = self._from_l1(key)
+        if value is not None:
+            return value, None
         if self.redis is None:
             stored = await self._guard(lambda: self.store.get(key))
             if stored is not None:
