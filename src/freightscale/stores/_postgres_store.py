@@ -19,7 +19,7 @@ from freightscale.exceptions import ConfigurationError
 from freightscale.stores._postgres_core import _PostgresCore
 from freightscale.stores._postgres_driver import _check_range, _create_engine
 from freightscale.stores._postgres_sql import _IDENTIFIER, _make_table, _Shared, _Statements
-from freightscale.stores.base import Store, join_namespace
+from freightscale.stores.base import Store, join_namespace, store_bytes
 
 # B-tree entries are limited to about 2.7 kB; longer keys are stored hashed.
 _MAX_KEY_BYTES = 512
@@ -203,13 +203,12 @@ class PostgresStore(_PostgresCore):
 
     async def set(self, key: str, value: bytes, *, expires_in: float | None = None) -> None:
         """Store ``value`` under ``key``, expiring after ``expires_in`` seconds (None: never)."""
-        if not isinstance(value, bytes | bytearray | memoryview):
-            raise TypeError(f"store values are bytes, got {type(value).__name__}")
+        value = store_bytes(value)
         if expires_in is not None and expires_in <= 0:
             await self.delete(key)
             return
         ttl = None if expires_in is None else timedelta(seconds=expires_in)
-        params = {"key": self._key(key), "value": bytes(value), "ttl": ttl}
+        params = {"key": self._key(key), "value": value, "ttl": ttl}
         async with self._connect() as conn:
             await conn.execute(self._sql.set, params)
 

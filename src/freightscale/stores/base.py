@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Store", "join_namespace"]
+__all__ = ["Store", "join_namespace", "store_bytes"]
 
 
 @runtime_checkable
@@ -75,3 +75,14 @@ def join_namespace(parent: str, child: str) -> str:
     if not child or any(c in child for c in "*?[]"):
         raise ValueError(f"namespace {child!r} must be non-empty and free of glob characters")
     return f"{parent}:{child}" if parent else child
+
+
+def store_bytes(value: bytes | bytearray | memoryview) -> bytes:
+    """``value`` as ``bytes``, the one value type every store accepts.
+
+    Raises:
+        TypeError: ``value`` is not bytes-like (each feature serialises its own values).
+    """
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise TypeError(f"store values are bytes, got {type(value).__name__}")
+    return bytes(value)

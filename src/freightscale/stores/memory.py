@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from cachetools import TLRUCache
 
-from freightscale.stores.base import Store, join_namespace
+from freightscale.stores.base import Store, join_namespace, store_bytes
 
 __all__ = ["MemoryStore"]
 
@@ -83,14 +83,13 @@ class MemoryStore:
 
     async def set(self, key: str, value: bytes, *, expires_in: float | None = None) -> None:
         """Store ``value`` under ``key``."""
-        if not isinstance(value, bytes | bytearray | memoryview):
-            raise TypeError(f"store values are bytes, got {type(value).__name__}")
+        value = store_bytes(value)
         deadline = _NEVER if expires_in is None else self._clock() + expires_in
         if expires_in is not None and expires_in <= 0:
             self._data.pop(self._prefix + key, None)
             return
         try:
-            self._data[self._prefix + key] = _Entry(bytes(value), deadline)
+            self._data[self._prefix + key] = _Entry(value, deadline)
         except ValueError:
             # cachetools refuses a single value larger than the whole bound:
             # such a value is simply not kept, like any other eviction.

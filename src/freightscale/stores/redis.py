@@ -24,7 +24,7 @@ from freightscale.backends.redis import (
 )
 from freightscale.exceptions import StoreError
 from freightscale.settings.redis import RedisSettings
-from freightscale.stores.base import Store, join_namespace
+from freightscale.stores.base import Store, join_namespace, store_bytes
 
 __all__ = ["RedisStore"]
 
@@ -112,13 +112,12 @@ class RedisStore:
 
     async def set(self, key: str, value: bytes, *, expires_in: float | None = None) -> None:
         """Store ``value`` under ``key`` (``SET … PX``)."""
-        if not isinstance(value, bytes | bytearray | memoryview):
-            raise TypeError(f"store values are bytes, got {type(value).__name__}")
+        value = store_bytes(value)
         if expires_in is not None and expires_in <= 0:
             await self.delete(key)
             return
         px = None if expires_in is None else max(1, int(expires_in * 1000))
-        await self._call(lambda: self.client.set(self.full_key(key), bytes(value), px=px))
+        await self._call(lambda: self.client.set(self.full_key(key), value, px=px))
 
     async def delete(self, key: str) -> bool:
         """Remove ``key``; return True if it existed."""
